@@ -1,0 +1,73 @@
+"""Evaluating models on a labelled split: every metric of ``kajax.metrics`` per task.
+
+Works for a single teacher and for the multi-task student alike: a model is a function from a
+normalised image batch to ``{task: raw output}``; ``kajax.tasks.readout`` turns outputs into
+predictions, and metric sums are accumulated over the whole split (padding examples of the
+last batch are masked out by invalidating their targets).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from kajax import input_pipeline, metrics, parallel, tasks
+
+# Value that marks a target pixel as invalid, per task (void label, zero depth/normal).
+_INVALID = {"seg": 255, "depth": 0.0, "normals": 0.0}
+
+
+def _mask_targets(task: str, target: jax.Array, mask: jax.Array) -> jax.Array:
+  """Invalidates every pixel of padding examples (mask False) so metrics ignore them."""
+  m = mask.reshape(mask.shape + (1,) * (target.ndim - 1))
+  return jnp.where(m, target, jnp.asarray(_INVALID[task], target.dtype))
+
+
+def evaluate(model_fn: Callable[[jax.Array], Mapping[str, jax.Array]],
+             task_extras: Mapping[str, Mapping[str, Any]], source: Any, input_config: Any,
+             batch_size: int, mesh: Any, num_classes: int | None = None
+             ) -> dict[str, dict[str, float]]:
+  """Metrics of every task ``model_fn`` predicts, over all of ``source``.
+
+  Args:
+    model_fn: normalised images (N,H,W,3) -> {task: raw network output}.
+    task_extras: per task, readout settings (e.g. depth bins) of that output.
+    source: random-access labelled split (``tfds.data_source``).
+    input_config: the config's ``input`` block (evaluation resolution, normalisation).
+    batch_size: global evaluation batch size (a multiple of the device count).
+    mesh: device mesh.
+    num_classes: number of parsing classes (needed when 'seg' is evaluated).
+
+  Returns:
+    {task: {metric name: value}}.
+  """
+  task_list = tuple(task_extras)
+  sums = {t: metrics.init_sums(t, num_classes=num_classes) for t in task_list}
+
+  @jax.jit
+  def update(sums, batch):
+    outputs = model_fn(batch["image"])
+    new = {}
+    for t in task_list:
+      pred = tasks.readout(t, outputs[t], task_extras[t])
+      target = _mask_targets(t, batch[tasks.TARGET_KEY[t]], batch["mask"])
+      new[t] = metrics.update_sums(t, sums[t], pred, target)
+    return new
+
+  for local in input_pipeline.make_eval_iterator(source, input_config,
+                                                 global_batch_size=batch_size):
+    sums = update(sums, parallel.global_batch(local, mesh))
+  sums = jax.device_get(sums)
+  return {t: {k: float(v) for k, v in metrics.finalize(t, sums[t]).items()}
+          for t in task_list}
+
+
+def evaluate_model(predict: Callable[[jax.Array], jax.Array], task: str,
+                   extra: Mapping[str, Any], source: Any, input_config: Any, batch_size: int,
+                   mesh: Any, num_classes: int | None = None) -> dict[str, float]:
+  """Single-task convenience wrapper around :func:`evaluate`."""
+  return evaluate(lambda x: {task: predict(x)}, {task: extra}, source, input_config,
+                  batch_size, mesh, num_classes)[task]
+

@@ -1,0 +1,243 @@
+"""The converted-teacher directory: how every kajax component stores and loads a teacher.
+
+A teacher directory holds two things (design.md section 3, "converted teachers are stored
+once as their own Orbax checkpoints"):
+
+  DIR/teacher.json   TeacherInfo: task, outputs, SegNet preset, head, width, provenance.
+  DIR/variables/     Orbax checkpoint of ``{'params': ..., 'batch_stats': ...}``.
+
+Writing is atomic: everything goes into a hidden sibling directory that is renamed into place
+at the end, so an interrupted conversion never leaves a half-written teacher behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kajax import segnet
+
+INFO_FILE = "teacher.json"
+VARIABLES_DIR = "variables"
+TASKS = ("seg", "depth", "normals")
+# Input used only to derive the expected variable shapes; SegNet's shapes do not depend on it.
+_SHAPE_PROBE = (1, 64, 64, 3)
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherInfo:
+  """What a teacher is and where it came from (stored as ``teacher.json``).
+
+  Attributes:
+    task: 'seg', 'depth' or 'normals'.
+    num_outputs: output channels (classes for 'seg', 1 for depth, 3 for normals).
+    arch: a key of ``kajax.segnet.ARCH_CONVS``, e.g. 'segnet_vgg16_bn'.
+    head: 'conv' or 'conv_bn_relu' (see ``kajax.segnet.HEADS``).
+    width_multiplier: channel multiplier of the SegNet (1.0 = the paper's widths).
+    params: number of trainable parameters.
+    source: path of the converted file, or a description such as 'kajax teacher training'.
+    source_sha256: SHA-256 of the source file, or None.
+    extra: free-form settings added by later components (e.g. depth bins).
+  """
+  task: str
+  num_outputs: int
+  arch: str
+  head: str
+  width_multiplier: float = 1.0
+  params: int = 0
+  source: str = ""
+  source_sha256: str | None = None
+  extra: dict = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    problems = []
+    if self.task not in TASKS:
+      problems.append(f"task={self.task!r} is not one of {TASKS}")
+    if not isinstance(self.num_outputs, int) or self.num_outputs < 1:
+      problems.append(f"num_outputs={self.num_outputs!r} must be a positive integer")
+    if self.arch not in segnet.ARCH_CONVS:
+      problems.append(f"arch={self.arch!r} is not one of {sorted(segnet.ARCH_CONVS)}")
+    if self.head not in segnet.HEADS:
+      problems.append(f"head={self.head!r} is not one of {segnet.HEADS}")
+    if not float(self.width_multiplier) > 0:
+      problems.append(f"width_multiplier={self.width_multiplier!r} must be positive")
+    if problems:
+      raise ValueError("Invalid TeacherInfo: " + "; ".join(problems) + ".")
+
+  def to_json(self) -> str:
+    """Serialises to an indented JSON string."""
+    return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+  @classmethod
+  def from_json(cls, text: str) -> "TeacherInfo":
+    """Parses :meth:`to_json` output; raises ValueError naming unknown or missing fields."""
+    data = json.loads(text)
+    if not isinstance(data, dict):
+      raise ValueError(f"Teacher info must be a JSON object, got {type(data).__name__}.")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    required = {f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    missing = sorted(required - set(data))
+    if unknown or missing:
+      raise ValueError(f"Teacher info has unknown fields {unknown} / misses fields {missing}.")
+    return cls(**data)
+
+  def build_module(self) -> segnet.SegNet:
+    """The (unbound) SegNet this teacher's variables belong to."""
+    return segnet.SegNet(self.num_outputs, self.arch, self.width_multiplier, self.head)
+
+
+def expected_shapes(module: segnet.SegNet) -> dict[str, Any]:
+  """``{'params': ..., 'batch_stats': ...}`` of ShapeDtypeStructs, without initialising."""
+  variables = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros(_SHAPE_PROBE))
+  return {k: v for k, v in variables.items()}
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  """Nested dicts -> {'params/down1/layer0/conv/kernel': leaf}."""
+  flat = {}
+  for key, value in tree.items():
+    path = f"{prefix}/{key}" if prefix else str(key)
+    if isinstance(value, dict):
+      flat.update(_flatten(value, path))
+    else:
+      flat[path] = value
+  return flat
+
+
+def tree_mismatches(expected: Any, found: Any) -> list[str]:
+  """Every missing key, unexpected key and shape mismatch between two nested dicts."""
+  exp, got = _flatten(dict(expected)), _flatten(dict(found))
+  problems = [f"missing {k} (expected shape {tuple(exp[k].shape)})"
+              for k in sorted(set(exp) - set(got))]
+  problems += [f"unexpected {k} (shape {tuple(np.shape(got[k]))})"
+               for k in sorted(set(got) - set(exp))]
+  problems += [f"shape mismatch at {k}: expected {tuple(exp[k].shape)}, "
+               f"found {tuple(np.shape(got[k]))}"
+               for k in sorted(set(exp) & set(got))
+               if tuple(exp[k].shape) != tuple(np.shape(got[k]))]
+  return problems
+
+
+def is_teacher_dir(path: str | os.PathLike) -> bool:
+  """True if ``path`` looks like a teacher directory (teacher.json + variables/)."""
+  path = os.fspath(path)
+  return (os.path.isfile(os.path.join(path, INFO_FILE))
+          and os.path.isdir(os.path.join(path, VARIABLES_DIR)))
+
+
+def save_teacher(output_dir: str | os.PathLike, variables: dict[str, Any], info: TeacherInfo,
+                 overwrite: bool = False) -> str:
+  """Writes a teacher directory atomically.
+
+  Args:
+    output_dir: directory to create. It must not exist or be empty unless ``overwrite``.
+    variables: ``{'params': ..., 'batch_stats': ...}`` of NumPy or JAX arrays.
+    info: the teacher's description; its shapes are checked against ``variables``.
+    overwrite: replace an existing non-empty ``output_dir``.
+
+  Returns:
+    The absolute path of the written directory.
+  """
+  import orbax.checkpoint as ocp  # Heavy import, only needed here and in load_teacher.
+
+  output_dir = os.path.abspath(os.fspath(output_dir))
+  if os.path.exists(output_dir):
+    if not os.path.isdir(output_dir):
+      raise FileExistsError(f"{output_dir} exists and is not a directory; choose another "
+                            "output directory.")
+    if os.listdir(output_dir) and not overwrite:
+      raise FileExistsError(f"{output_dir} already exists and is not empty; pass "
+                            "overwrite=True (--overwrite) to replace it or choose another "
+                            "output directory.")
+  variables = {k: jax.tree.map(np.asarray, v) for k, v in dict(variables).items()}
+  variables.setdefault("batch_stats", {})
+  problems = tree_mismatches(expected_shapes(info.build_module()), variables)
+  if problems:
+    raise ValueError(f"Variables do not fit the SegNet described by {info}:\n  "
+                     + "\n  ".join(problems))
+
+  parent, name = os.path.split(output_dir)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
+  try:
+    with open(os.path.join(tmp, INFO_FILE), "w") as f:
+      f.write(info.to_json() + "\n")
+    checkpointer = ocp.StandardCheckpointer()
+    try:
+      checkpointer.save(os.path.join(tmp, VARIABLES_DIR), variables)
+      checkpointer.wait_until_finished()
+    finally:
+      checkpointer.close()
+    trash = None
+    if os.path.isdir(output_dir):
+      # Move the old directory aside first so the rename below cannot fail half-way.
+      trash = os.path.join(parent, f".{name}.old-{uuid.uuid4().hex[:8]}")
+      os.rename(output_dir, trash)
+    os.rename(tmp, output_dir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  if trash is not None:
+    shutil.rmtree(trash, ignore_errors=True)
+  return output_dir
+
+
+def read_info(teacher_dir: str | os.PathLike) -> TeacherInfo:
+  """Reads ``teacher.json``; errors name the directory and say what is wrong."""
+  teacher_dir = os.fspath(teacher_dir)
+  if not os.path.isdir(teacher_dir):
+    raise FileNotFoundError(f"Teacher directory {teacher_dir} does not exist; convert a "
+                            "checkpoint with `python -m kajax.convert_torch` or train a "
+                            "teacher first.")
+  info_path = os.path.join(teacher_dir, INFO_FILE)
+  if not os.path.isfile(info_path):
+    raise FileNotFoundError(f"{teacher_dir} is not a teacher directory: it has no "
+                            f"{INFO_FILE}.")
+  try:
+    with open(info_path) as f:
+      return TeacherInfo.from_json(f.read())
+  except (ValueError, TypeError) as e:  # json.JSONDecodeError is a ValueError.
+    raise ValueError(f"Malformed {info_path}: {e}") from e
+
+
+def load_teacher(teacher_dir: str | os.PathLike
+                 ) -> tuple[segnet.SegNet, dict[str, Any], TeacherInfo]:
+  """Loads a teacher directory written by :func:`save_teacher`.
+
+  Returns:
+    (module, variables, info): the SegNet module, ``{'params', 'batch_stats'}`` of NumPy
+    arrays (checked against the module's shapes), and the TeacherInfo.
+  """
+  import orbax.checkpoint as ocp
+
+  info = read_info(teacher_dir)
+  var_dir = os.path.abspath(os.path.join(os.fspath(teacher_dir), VARIABLES_DIR))
+  if not os.path.isdir(var_dir):
+    raise FileNotFoundError(f"{teacher_dir} has no {VARIABLES_DIR}/ checkpoint directory.")
+  checkpointer = ocp.StandardCheckpointer()
+  try:
+    variables = checkpointer.restore(var_dir)
+  except Exception as e:  # Orbax raises many types; the directory is what the user needs.
+    raise ValueError(f"Cannot read the teacher checkpoint {var_dir}: {e}") from e
+  finally:
+    checkpointer.close()
+  variables = {k: jax.tree.map(np.asarray, v) for k, v in dict(variables).items()}
+  variables.setdefault("batch_stats", {})
+  module = info.build_module()
+  problems = tree_mismatches(expected_shapes(module), variables)
+  if problems:
+    raise ValueError(f"Teacher {teacher_dir} does not match its teacher.json ({info.arch}, "
+                     f"{info.num_outputs} outputs, width {info.width_multiplier}, head "
+                     f"{info.head}):\n  " + "\n  ".join(problems))
+  return module, variables, info

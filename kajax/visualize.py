@@ -1,0 +1,97 @@
+"""Pictures for people: colourised parsing, depth and normal maps, prediction grids, and a bar
+chart of the branch-loss table. PIL and NumPy only (no matplotlib dependency)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+# One colour per NYUv2-13 class (bed, books, ceiling, chair, floor, furniture, objects,
+# picture, sofa, table, tv, wall, window); void is black.
+PALETTE = np.array([
+    [214, 39, 40], [255, 127, 14], [174, 199, 232], [148, 103, 189], [140, 86, 75],
+    [44, 160, 44], [227, 119, 194], [255, 187, 120], [188, 189, 34], [23, 190, 207],
+    [31, 119, 180], [199, 199, 199], [152, 223, 138]], np.uint8)
+# Anchor colours of a perceptually ordered dark-blue -> yellow map (viridis-like).
+_RAMP = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]],
+                 np.float64)
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
+IMAGENET_STD = np.array([0.229, 0.224, 0.225])
+
+
+def colorize_labels(labels: np.ndarray) -> np.ndarray:
+  """(H,W) class ids -> (H,W,3) uint8; ids outside the palette (void) are black."""
+  labels = np.asarray(labels)
+  out = np.zeros(labels.shape + (3,), np.uint8)
+  known = labels < len(PALETTE)
+  out[known] = PALETTE[labels[known]]
+  return out
+
+
+def colorize_depth(depth: np.ndarray, max_depth: float = 10.0) -> np.ndarray:
+  """(H,W) metres -> (H,W,3) uint8 colour map (near = dark); depth <= 0 is black."""
+  depth = np.asarray(depth, np.float64)
+  t = np.clip(depth / max_depth, 0.0, 1.0) * (len(_RAMP) - 1)
+  lo = np.floor(t).astype(int).clip(0, len(_RAMP) - 2)
+  frac = (t - lo)[..., None]
+  rgb = _RAMP[lo] * (1 - frac) + _RAMP[lo + 1] * frac
+  rgb[depth <= 0] = 0
+  return rgb.round().astype(np.uint8)
+
+
+def colorize_normals(normals: np.ndarray) -> np.ndarray:
+  """(H,W,3) unit vectors -> (H,W,3) uint8 with the usual (n + 1) / 2 mapping."""
+  return ((np.asarray(normals) + 1.0) * 127.5).clip(0, 255).round().astype(np.uint8)
+
+
+def denormalize_image(image: np.ndarray) -> np.ndarray:
+  """ImageNet-normalised float image -> uint8 RGB."""
+  return ((np.asarray(image) * IMAGENET_STD + IMAGENET_MEAN) * 255).clip(0, 255).round(
+      ).astype(np.uint8)
+
+
+def grid(rows: Sequence[Sequence[np.ndarray]], titles: Sequence[str] | None = None,
+         pad: int = 2) -> np.ndarray:
+  """Tiles equally sized uint8 images into one picture, with optional column titles."""
+  h, w = rows[0][0].shape[:2]
+  title_h = 14 if titles else 0
+  cols = max(len(r) for r in rows)
+  canvas = np.full((title_h + len(rows) * (h + pad) + pad, cols * (w + pad) + pad, 3), 255,
+                   np.uint8)
+  for i, row in enumerate(rows):
+    for j, img in enumerate(row):
+      y, x = title_h + pad + i * (h + pad), pad + j * (w + pad)
+      canvas[y:y + h, x:x + w] = img
+  picture = Image.fromarray(canvas)
+  if titles:
+    draw = ImageDraw.Draw(picture)
+    for j, title in enumerate(titles):
+      draw.text((pad + j * (w + pad) + 2, 1), title, fill=(0, 0, 0))
+  return np.asarray(picture)
+
+
+def bar_chart(task_names: Sequence[str], table: np.ndarray, chosen: Sequence[int],
+              height: int = 160, bar_width: int = 18) -> np.ndarray:
+  """Branch-loss table as bars: one panel per task (losses relative to its maximum), the
+  chosen branch point drawn in red."""
+  table = np.asarray(table, np.float64)
+  panel_w = table.shape[1] * (bar_width + 6) + 20
+  picture = Image.new("RGB", (panel_w * len(task_names), height + 30), "white")
+  draw = ImageDraw.Draw(picture)
+  for p, (name, row, k_t) in enumerate(zip(task_names, table, chosen)):
+    x0 = p * panel_w + 10
+    draw.text((x0, 2), f"{name} (k={k_t})", fill=(0, 0, 0))
+    top = row.max() if row.max() > 0 else 1.0
+    for k, v in enumerate(row):
+      bar_h = int(round((height - 20) * v / top))
+      x = x0 + k * (bar_width + 6)
+      colour = (214, 39, 40) if k == k_t else (31, 119, 180)
+      draw.rectangle([x, height - bar_h, x + bar_width, height], fill=colour)
+      draw.text((x + 4, height + 4), str(k), fill=(0, 0, 0))
+  return np.asarray(picture)
+
+
+def save_png(path: str, image: np.ndarray) -> None:
+  Image.fromarray(np.asarray(image)).save(path)
