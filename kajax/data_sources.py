@@ -57,7 +57,8 @@ def ensure_built(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
 def open_split(name: str, data_dir: str, split: str) -> Any:
   """Random-access source of one split (dicts of numpy arrays)."""
   builder = ensure_built(name, data_dir)
-  if split not in builder.info.splits:
+  base = split.split("[")[0]  # 'train[:90%]' slices the 'train' split.
+  if base not in builder.info.splits:
     raise ValueError(f"Split {split!r} does not exist in {name}; it has "
                      f"{sorted(builder.info.splits)}.")
   return tfds.data_source(name, data_dir=data_dir, split=split,

@@ -13,6 +13,8 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
+from kajax import losses
+
 TASKS = ("seg", "depth", "normals")
 # Which ground-truth feature of a dataset example supervises / evaluates each task.
 TARGET_KEY = {"seg": "label", "depth": "depth", "normals": "normals"}
@@ -22,12 +24,6 @@ def check_task(task: str, where: str = "task") -> str:
   if task not in TASKS:
     raise ValueError(f"{where}={task!r} is not a task kajax knows; choose one of {TASKS}.")
   return task
-
-
-def depth_bin_centers(num_bins: int, min_depth: float, max_depth: float,
-                      dtype: Any = jnp.float32) -> jax.Array:
-  """Log-spaced bin centres in metres (depth as classification, Cao et al. 2017 style)."""
-  return jnp.exp(jnp.linspace(jnp.log(min_depth), jnp.log(max_depth), num_bins)).astype(dtype)
 
 
 def readout(task: str, outputs: jax.Array, extra: Mapping[str, Any] | None = None
@@ -43,9 +39,9 @@ def readout(task: str, outputs: jax.Array, extra: Mapping[str, Any] | None = Non
   if task == "depth":
     bins = extra.get("depth_bins")
     if bins:
-      centers = depth_bin_centers(outputs.shape[-1], bins["min_depth"], bins["max_depth"],
-                                  outputs.dtype)
-      return jnp.einsum("nhwc,c->nhw", jax.nn.softmax(outputs, axis=-1), centers)
+      centers = losses.depth_bin_centers(outputs.shape[-1], bins["min_depth"],
+                                         bins["max_depth"], outputs.dtype)
+      return losses.depth_from_bins(outputs, centers)[..., 0]
     return outputs[..., 0]
   if task == "normals":
     norm = jnp.sqrt(jnp.sum(jnp.square(outputs), axis=-1, keepdims=True))

@@ -20,8 +20,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from kajax import (checkpointing, data_sources, evaluation, input_pipeline, losses, optim,
-                   parallel, reporting, segnet, tasks, teacher_io)
+from kajax import (checkpointing, data_sources, evaluation, input_pipeline, loop, losses,
+                   optim, parallel, reporting, segnet, tasks, teacher_io)
 
 
 def build_model(config: ml_collections.ConfigDict) -> segnet.SegNet:
@@ -130,31 +130,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     input_pipeline.restore_iterator(train_iter, meta["data_iterator"])
     print(f"Resumed from step {int(state.step)} in {ckpt.directory}")
 
-  step_fn = jax.jit(functools.partial(teacher_train_step, model=model,
-                                      loss_fn=make_loss_fn(config, class_weights), tx=tx),
-                    donate_argnums=(0,))
+  jitted = jax.jit(functools.partial(teacher_train_step, model=model,
+                                     loss_fn=make_loss_fn(config, class_weights), tx=tx),
+                   donate_argnums=(0,))
   writer = reporting.Writer(workdir)
-  start = int(state.step)
-  progress = reporting.PhaseProgress(f"teacher/{config.task}", config.num_steps, start)
   t0 = time.time()
-  for step in range(start, config.num_steps):
-    batch = parallel.global_batch(next(train_iter), mesh)
-    state, metrics = step_fn(state, batch, jax.random.fold_in(step_rng, step))
-    done = step + 1
-    if done % config.log_every == 0 or done == config.num_steps:
-      metrics = jax.device_get(metrics)
-      if not np.isfinite(metrics["loss"]):
-        ckpt.close()
-        raise FloatingPointError(
-            f"Non-finite loss at step {done}; the last good checkpoint in {ckpt.directory} "
-            "is kept. Lower --config.optimizer.learning_rate and rerun.")
-      writer.scalars(done, metrics, "train/")
-      progress.update(config.log_every if done % config.log_every == 0
-                      else done % config.log_every, {"loss": metrics["loss"]})
-    if done % config.checkpoint_every == 0 or done == config.num_steps:
-      ckpt.save(done, state, {"phase": "teacher", "data_iterator":
-                              input_pipeline.iterator_state(train_iter)})
-  progress.close()
+  state = loop.run(f"teacher_{config.task}",
+                   lambda s, b: jitted(s, b, jax.random.fold_in(step_rng, s.step)),
+                   state, train_iter, mesh,
+                   loop.LoopConfig(config.num_steps, config.log_every, config.checkpoint_every),
+                   ckpt, writer)
   ckpt.close()
   train_seconds = time.time() - t0
 

@@ -24,6 +24,7 @@ import os
 import numpy as np
 import PIL.Image
 import tensorflow_datasets as tfds
+from etils import epath
 
 from kajax.datasets import nyuv2_mat, nyuv2_mtan
 
@@ -46,15 +47,14 @@ with normals), from https://www.dropbox.com/sh/86nssgwm6hm3vkb/AACrnUQ4GxpdrBbLj
 `train/{{image,label,depth,normal}}/0.npy ...` and `val/...` (a `nyuv2/` folder around them
 is also accepted).
 
-Then build, e.g. for MANUAL_DIR=~/nyuv2_manual:
+Then build in Python (the `tfds build` command line needs TensorFlow; this does not):
 
-  import tensorflow_datasets as tfds, kajax.datasets.nyuv2
+  import tensorflow_datasets as tfds
+  import kajax.datasets.nyuv2  # registers the builder
   tfds.builder('nyuv2/labeled_mat', data_dir=DATA_DIR).download_and_prepare(
       file_format='array_record',
       download_config=tfds.download.DownloadConfig(manual_dir=MANUAL_DIR))
-
-or `tfds build kajax/datasets/nyuv2.py --config=labeled_mat --manual_dir=MANUAL_DIR
---file_format=array_record`.
+  train = tfds.data_source('nyuv2/labeled_mat', data_dir=DATA_DIR, split='train')
 """
 
 
@@ -82,6 +82,10 @@ class Nyuv2(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Configs labeled_mat (official .mat files) and mtan_npy."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS
+  # TFDS 4.9.10 locates a builder's source file through `importlib_resources`, a package it
+  # only requires on Python < 3.9 (tensorflow/datasets#11212), so building fails with
+  # ModuleNotFoundError on 3.11 without it. Naming the file here skips that lookup.
+  code_path = epath.Path(__file__)
   BUILDER_CONFIGS = [
       tfds.core.BuilderConfig(
           name="labeled_mat",

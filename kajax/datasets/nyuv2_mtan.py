@@ -128,18 +128,19 @@ def load_frame(split_dir: str, index: int) -> dict[str, np.ndarray]:
   """
   def load(folder):
     path = os.path.join(split_dir, folder, f"{index}.npy")
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"Missing {path}; every frame needs image, label, depth and "
+                              "normal files.")
     try:
       return np.load(path, allow_pickle=False), path
     except (OSError, ValueError) as e:
       raise ValueError(f"{path} is not a readable .npy array ({e}).") from e
 
-  image, image_path = load("image")
-  label, label_path = load("label")
-  depth, depth_path = load("depth")
-  normal, normal_path = load("normal")
+  # Check for all four files before decoding any, so a missing one is reported as such.
+  arrays = {folder: load(folder) for folder in FOLDERS}
   return {
-      "image": image_to_uint8(image, image_path),
-      "label": label_to_uint8(label, label_path),
-      "depth": depth_to_hw(depth, depth_path),
-      "normals": normal_to_hw3(normal, normal_path),
+      "image": image_to_uint8(*arrays["image"]),
+      "label": label_to_uint8(*arrays["label"]),
+      "depth": depth_to_hw(*arrays["depth"]),
+      "normals": normal_to_hw3(*arrays["normal"]),
   }

@@ -1,0 +1,144 @@
+"""Building blocks shared by kajax's configs (imported by the config files beside it).
+
+Every tunable number of a run lives in its config; this file only avoids writing the same
+blocks five times. ``get_config(arg)`` of each config accepts 'tiny' (seconds-long runs for
+tests, big_vision's ``runlocal`` idea).
+"""
+
+import ml_collections
+
+# Synthetic rooms: NYUv2's 13 classes, 96x128 for the demo (design.md §5 budgets).
+NUM_CLASSES = 13
+TASK_OUTPUTS = {"seg": NUM_CLASSES, "depth": 1, "normals": 3}
+SUPERVISED_LOSS = {"seg": "ce", "depth": "l1", "normals": "cosine"}
+
+
+def input_config(image_size=None, crop_size=None, scale_range=(1.0, 1.5), flip=True,
+                 color_jitter=(0.2, 0.2, 0.2)):
+  """The ``input`` block (see ``kajax.input_pipeline``)."""
+  c = ml_collections.ConfigDict()
+  c.image_size = image_size  # None: the source's resolution (evaluation resolution too).
+  c.crop_size = crop_size  # None: train on whole (zoomed) images of image_size.
+  c.scale_range = scale_range  # Random zoom-in before cropping back to the size.
+  c.flip = flip  # Horizontal flips (normals' x negated).
+  c.color_jitter = color_jitter  # Brightness, contrast, saturation strengths.
+  c.depth_scale_mode = "keep"  # Metric depth is unchanged by a zoom-in crop.
+  c.num_threads = 2
+  c.prefetch_batches = 2
+  return c
+
+
+def optimizer_config(name="adam", learning_rate=1e-3, weight_decay=1e-4, warmup_steps=0,
+                     schedule="cosine", momentum=0.9):
+  c = ml_collections.ConfigDict()
+  c.name = name
+  c.learning_rate = learning_rate
+  c.weight_decay = weight_decay
+  c.momentum = momentum  # sgd only
+  c.schedule = schedule
+  c.warmup_steps = warmup_steps
+  c.grad_clip_norm = 0.0
+  return c
+
+
+def model_config(num_outputs, arch="segnet_vgg16_bn", width_multiplier=1.0, head="conv"):
+  c = ml_collections.ConfigDict()
+  c.num_outputs = num_outputs
+  c.arch = arch
+  c.width_multiplier = width_multiplier
+  c.head = head
+  return c
+
+
+def teacher_config(task, dataset, train_split, eval_split, *, width_multiplier, num_steps,
+                   batch_size, learning_rate, input_cfg, num_outputs=None):
+  """A complete ``mode='teacher'`` config for one task."""
+  c = ml_collections.ConfigDict()
+  c.mode = "teacher"
+  c.task = task
+  c.dataset = dataset
+  c.data_dir = ""  # '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
+  c.train_split = train_split
+  c.eval_split = eval_split
+  c.model = model_config(num_outputs or TASK_OUTPUTS[task], width_multiplier=width_multiplier)
+  c.loss = SUPERVISED_LOSS[task]  # seg: ce | depth: l1, silog, bins | normals: cosine
+  c.class_weighting = "median_freq_sqrt" if task == "seg" else "none"
+  c.depth_bins = ml_collections.ConfigDict({"min_depth": 0.25, "max_depth": 10.0})
+  c.optimizer = optimizer_config(learning_rate=learning_rate, warmup_steps=50)
+  c.num_steps = num_steps
+  c.batch_size = batch_size
+  c.eval_batch_size = 32
+  c.input = input_cfg
+  c.init_from = ""  # torchvision vgg16_bn .pth for an ImageNet-initialised encoder
+  c.export_dir = ""  # '' = WORKDIR/teacher
+  c.log_every = 25
+  c.checkpoint_every = 250
+  c.max_checkpoints_to_keep = 2
+  c.seed = 0
+  return c
+
+
+def rooms_teacher(task, arg=None):
+  """Teacher on synthetic rooms (96x128, width 1/8: ~2.5 min on 2 CPU cores)."""
+  split = {"seg": "teacher_seg", "depth": "teacher_depth", "normals": "teacher_depth"}[task]
+  c = teacher_config(task, "synthetic_rooms/small", split, "test", width_multiplier=1 / 8,
+                     num_steps=750, batch_size=16, learning_rate=2e-3,
+                     input_cfg=input_config(scale_range=(1.0, 1.25)))
+  if arg == "tiny":
+    shrink_teacher(c)
+  return c
+
+
+def shrink_teacher(c):
+  """Seconds-long variant for tests."""
+  c.dataset = "synthetic_rooms/tiny"
+  c.model.width_multiplier = 1 / 16
+  c.num_steps = 6
+  c.batch_size = 8
+  c.eval_batch_size = 8
+  c.log_every = 2
+  c.checkpoint_every = 3
+  c.optimizer.warmup_steps = 0
+  c.input.num_threads = 1
+
+
+def amalgamation_config(tasks, dataset, *, unlabeled_split, branch_split, test_split,
+                        block_steps, finetune_steps, batch_size, learning_rate, input_cfg):
+  """A complete ``mode='amalgamate'`` config (teachers filled in by the caller)."""
+  c = ml_collections.ConfigDict()
+  c.mode = "amalgamate"  # or 'evaluate' on a finished workdir
+  c.tasks = tuple(tasks)
+  # One block per task: dir (teacher directory; relative = inside the workdir) and
+  # optionally train_config (a teacher config used when dir holds no teacher yet).
+  c.teachers = ml_collections.ConfigDict({t: {"dir": f"teachers/{t}", "train_config": None}
+                                          for t in tasks})
+  c.trunk_task = "seg" if "seg" in tasks else tasks[0]  # initialises encoder + trunk
+  c.gate_form = "identity"  # identity (2*sigmoid, starts at 1) | port (KamalEngine)
+  c.dataset = dataset
+  c.data_dir = ""
+  c.unlabeled_split = unlabeled_split  # images only: the student never sees a label
+  c.branch_split = branch_split  # held-out, unaugmented images for the branch search
+  c.test_split = test_split  # labelled, for evaluation only
+  c.loss = ml_collections.ConfigDict()
+  c.loss.kinds = {"seg": "kl", "depth": "l1", "normals": "cosine"}
+  c.loss.kinds = {t: c.loss.kinds[t] for t in tasks}
+  c.loss.lambdas = {t: 1.0 for t in tasks}
+  c.loss.temperature = 1.0  # KL on softened logits, times T^2
+  c.optimizer = optimizer_config(learning_rate=learning_rate)
+  c.block = ml_collections.ConfigDict()
+  c.block.num_steps = block_steps
+  c.block.schedule = "random"  # random: k_t drawn per task and step | sequential
+  c.branch = ml_collections.ConfigDict()
+  c.branch.tau = 0.1  # deepest k within (1 + tau) of the task's minimum loss
+  c.branch.override = ""  # e.g. '1,2': one k per task, skips the rule
+  c.finetune = ml_collections.ConfigDict()
+  c.finetune.num_steps = finetune_steps
+  c.finetune.optimizer = optimizer_config(learning_rate=learning_rate)
+  c.batch_size = batch_size
+  c.eval_batch_size = 32
+  c.input = input_cfg
+  c.log_every = 25
+  c.checkpoint_every = 250
+  c.max_checkpoints_to_keep = 2
+  c.seed = 0
+  return c

@@ -1,0 +1,31 @@
+"""Amalgamating NYUv2 parsing and depth teachers (the KamalEngine recipe, design.md §1).
+
+Teachers: directories from `python -m kajax.convert_torch` (or `configs/teacher_nyu_*.py`).
+Student: Adam 1e-4, wd 1e-4, cosine, batch 16, 5,000 block-wise + 5,000 fine-tuning steps
+on the 795 training images *without labels*; resized to 240x320, random 240x240 crops;
+branch search on a held-out tenth of train; evaluated on the 654 test images at 240x320.
+
+  python -m kajax.main --config=configs/nyu.py --workdir=DIR \
+      --config.teachers.seg.dir=/path/seg_teacher --config.teachers.depth.dir=/path/depth_teacher
+"""
+
+import common
+
+
+def get_config(arg=None):
+  c = common.amalgamation_config(
+      ("seg", "depth"), "nyuv2/labeled_mat", unlabeled_split="train[:90%]",
+      branch_split="train[90%:]", test_split="test", block_steps=5000, finetune_steps=5000,
+      batch_size=16, learning_rate=1e-4,
+      input_cfg=common.input_config(image_size=(240, 320), crop_size=(240, 240)))
+  c.checkpoint_every = 500
+  c.log_every = 50
+  if arg == "tiny":
+    c.dataset = "nyuv2/mtan_npy"
+    c.block.num_steps = 2
+    c.finetune.num_steps = 2
+    c.batch_size = 8
+    c.eval_batch_size = 8
+    c.input.image_size = (64, 96)
+    c.input.crop_size = (64, 64)
+  return c

@@ -1,0 +1,227 @@
+"""Amalgamation end to end: the four steps of *Student Becoming the Master* in one run.
+
+1. initialise the student from the teachers (trunk from the parsing teacher, tails from each
+   task's teacher);
+2. block-wise amalgamation: train trunk + gates through the teachers' frozen tails with a
+   branch point drawn per task and step (``WORKDIR/checkpoints/block``);
+3. branch search on held-out unaugmented images (``WORKDIR/branch_search.json``);
+4. end-to-end fine-tuning of the fixed-branch student (``WORKDIR/checkpoints/finetune``),
+   then pruned export (``WORKDIR/student``) and evaluation against the teachers
+   (``WORKDIR/results.json``, ``results.md``, ``samples.png``).
+
+Rerunning the same command after a kill resumes: each phase restores its latest checkpoint,
+a finished branch search is read back, finished phases are skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from kajax import (amalgamation_steps as steps, branch_search, checkpointing, data_sources,
+                   export, input_pipeline, loop, optim, parallel, report, reporting, student,
+                   teachers as teachers_lib)
+
+
+@dataclasses.dataclass
+class Run:
+  """Everything the phases share, built once from the config."""
+  config: ml_collections.ConfigDict
+  workdir: str
+  mesh: Any
+  teachers: dict[str, teachers_lib.Teacher]
+  teacher_vars: Any  # {task: variables}, replicated on the mesh; the frozen argument.
+  spec: student.StudentSpec
+  task_names: tuple[str, ...]
+  teacher_modules: tuple[Any, ...]
+  projection_fns: tuple[Any, ...]
+  lambdas: tuple[float, ...]
+  data_dir: str
+  writer: reporting.Writer
+
+  def source(self, split: str) -> Any:
+    return data_sources.open_split(self.config.dataset, self.data_dir, split)
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Clear errors for config mistakes before anything is trained."""
+  names = tuple(config.tasks)
+  if len(names) < 2:
+    raise ValueError(f"--config.tasks={names}: amalgamation needs at least two tasks.")
+  for key in ("teachers", "loss.kinds", "loss.lambdas"):
+    block = config
+    for part in key.split("."):
+      block = block[part]
+    missing, extra = set(names) - set(block), set(block) - set(names)
+    if missing or extra:
+      raise ValueError(f"--config.{key} must have exactly one entry per task {names}; "
+                       f"missing {sorted(missing)}, unexpected {sorted(extra)}.")
+  if config.block.schedule not in steps.BLOCK_SCHEDULES:
+    raise ValueError(f"--config.block.schedule={config.block.schedule!r}: choose one of "
+                     f"{steps.BLOCK_SCHEDULES}.")
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
+  """Loads teachers, builds the student spec, losses and mesh."""
+  validate_config(config)
+  mesh = parallel.make_mesh()
+  parallel.check_batch_size(config.batch_size, mesh)
+  loaded = teachers_lib.load_teachers(config, workdir)
+  names = tuple(config.tasks)
+  spec = student.spec_from_teachers(names, {t: loaded[t].info for t in names},
+                                    gate_form=config.gate_form,
+                                    trunk_task=config.get("trunk_task") or None)
+  fns = tuple(steps.make_projection_fn(t, config.loss.kinds[t], loaded[t].info.extra,
+                                       config.loss.temperature) for t in names)
+  return Run(config=config, workdir=workdir, mesh=mesh, teachers=loaded,
+             teacher_vars=parallel.replicate({t: loaded[t].variables for t in names}, mesh),
+             spec=spec, task_names=names,
+             teacher_modules=tuple(loaded[t].module for t in names), projection_fns=fns,
+             lambdas=tuple(float(config.loss.lambdas[t]) for t in names),
+             data_dir=data_sources.resolve_data_dir(config.data_dir), writer=reporting.Writer(
+                 workdir))
+
+
+def _checkpointer(run: Run, phase: str) -> checkpointing.Checkpointer:
+  return checkpointing.Checkpointer(os.path.join(run.workdir, "checkpoints", phase),
+                                    run.config.max_checkpoints_to_keep)
+
+
+def _train_iterator(run: Run, seed: int) -> Any:
+  # Images only: the student never sees a label (design.md §1).
+  return input_pipeline.make_train_iterator(
+      run.source(run.config.unlabeled_split), run.config.input,
+      global_batch_size=run.config.batch_size, seed=seed, images_only=True)
+
+
+def _resume(ckpt: checkpointing.Checkpointer, state: Any, train_iter: Any) -> Any:
+  restored = ckpt.restore(state)
+  if restored is None:
+    return state
+  state, meta = restored
+  input_pipeline.restore_iterator(train_iter, meta["data_iterator"])
+  print(f"Resumed {meta['phase']} at step {int(state.step)} from {ckpt.directory}", flush=True)
+  return state
+
+
+def block_phase(run: Run) -> Any:
+  """Step 2. Returns the trained trunk variables (encoder, trunk blocks, all gates)."""
+  c = run.config
+  trunk = student.StudentTrunk(run.spec)
+  variables = student.init_trunk_from_teachers(
+      run.spec, {t: tc.variables for t, tc in run.teachers.items()},
+      jax.random.key(c.seed))
+  tx = optim.make_optimizer(c.optimizer, c.block.num_steps)
+  state = parallel.replicate(optim.create_train_state(variables, tx), run.mesh)
+  ckpt = _checkpointer(run, "block")
+  train_iter = _train_iterator(run, c.seed)
+  state = _resume(ckpt, state, train_iter)
+  jitted = jax.jit(functools.partial(
+      steps.block_train_step, trunk=trunk, teacher_modules=run.teacher_modules,
+      task_names=run.task_names, projection_fns=run.projection_fns, lambdas=run.lambdas,
+      tx=tx, num_steps=c.block.num_steps, schedule=c.block.schedule), donate_argnums=(0,))
+  rng = jax.random.key(c.seed + 1)
+  state = loop.run("block", lambda s, b: jitted(s, run.teacher_vars, b, rng), state,
+                   train_iter, run.mesh,
+                   loop.LoopConfig(c.block.num_steps, c.log_every, c.checkpoint_every),
+                   ckpt, run.writer)
+  ckpt.close()
+  return state.variables
+
+
+def branch_phase(run: Run, trunk_variables: Any) -> tuple[tuple[int, ...], np.ndarray]:
+  """Step 3: the tasks x 5 loss table on held-out unaugmented images, and the choice."""
+  c = run.config
+  fn = jax.jit(functools.partial(
+      steps.branch_losses, trunk=student.StudentTrunk(run.spec),
+      teacher_modules=run.teacher_modules, task_names=run.task_names,
+      projection_fns=run.projection_fns))
+  sums, count = 0.0, 0.0
+  source = run.source(c.branch_split)
+  for local in input_pipeline.make_eval_iterator(source, c.input,
+                                                 global_batch_size=c.eval_batch_size,
+                                                 images_only=True):
+    s, n = fn(trunk_variables, run.teacher_vars, parallel.global_batch(local, run.mesh))
+    sums, count = sums + s, count + n
+  table = np.asarray(jax.device_get(sums)) / float(count)
+  override = branch_search.parse_override(c.branch.override, run.task_names)
+  chosen = override or branch_search.choose_branch_points(table, c.branch.tau)
+  if jax.process_index() == 0:
+    branch_search.save_result(run.workdir, run.task_names, table, c.branch.tau, chosen,
+                              "override" if override else f"rule (tau={c.branch.tau})")
+  print("Branch search (projection loss on "
+        f"{int(count)} held-out images):\n" +
+        branch_search.format_table(run.task_names, table, chosen), flush=True)
+  return chosen, table
+
+
+def finetune_phase(run: Run, branch_points: tuple[int, ...], trunk_variables: Any | None
+                   ) -> Any:
+  """Step 4. Returns the fine-tuned fixed-branch student's variables."""
+  c = run.config
+  model = student.Student(run.spec, branch_points)
+  ckpt = _checkpointer(run, "finetune")
+  tx = optim.make_optimizer(c.finetune.optimizer, c.finetune.num_steps)
+  if trunk_variables is None and ckpt.latest_step() is None:
+    raise RuntimeError(f"Fine-tuning cannot start: no block-phase result in {run.workdir}.")
+  # When resuming, the initial values are overwritten by the restore; shapes are what count.
+  variables = student.init_student_from_teachers(
+      run.spec, branch_points, {t: tc.variables for t, tc in run.teachers.items()},
+      trunk_variables=trunk_variables, rng=jax.random.key(c.seed))
+  state = parallel.replicate(optim.create_train_state(variables, tx), run.mesh)
+  train_iter = _train_iterator(run, c.seed + 2)
+  state = _resume(ckpt, state, train_iter)
+  jitted = jax.jit(functools.partial(
+      steps.finetune_train_step, model=model, teacher_modules=run.teacher_modules,
+      task_names=run.task_names, projection_fns=run.projection_fns, lambdas=run.lambdas,
+      tx=tx), donate_argnums=(0,))
+  rng = jax.random.key(c.seed + 3)
+  state = loop.run("finetune", lambda s, b: jitted(s, run.teacher_vars, b, rng), state,
+                   train_iter, run.mesh,
+                   loop.LoopConfig(c.finetune.num_steps, c.log_every, c.checkpoint_every),
+                   ckpt, run.writer, meta={"branch_points": list(branch_points)},
+                   log_offset=c.block.num_steps)
+  ckpt.close()
+  return jax.device_get(state.variables)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Runs (or resumes) all four steps, exports the pruned student, evaluates everything."""
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  teachers_lib.ensure_teachers(config, workdir)
+  run = setup(config, workdir)
+  finetune_started = _checkpointer(run, "finetune").latest_step() is not None
+  search = branch_search.load_result(workdir)
+  trunk_variables = None
+  if search is None:
+    trunk_variables = block_phase(run)
+    points, _ = branch_phase(run, trunk_variables)
+  else:
+    points = tuple(int(search["branch_points"][t]) for t in run.task_names)
+    print(f"Branch points from {branch_search.RESULT_FILE}: {points}", flush=True)
+    if not finetune_started:
+      # Restores the finished block phase's last checkpoint; runs no further step.
+      trunk_variables = block_phase(run)
+  variables = finetune_phase(run, points, trunk_variables)
+  student_dir = export.save_student(os.path.join(workdir, "student"), run.spec, points,
+                                    variables, {t: tc.info.extra for t, tc in
+                                                run.teachers.items()})
+  return report.evaluate_and_report(run, student_dir)
+
+
+def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """``mode=evaluate``: re-evaluates the exported student and the teachers of a workdir."""
+  student_dir = os.path.join(workdir, "student")
+  if not os.path.isdir(student_dir):
+    raise FileNotFoundError(f"{student_dir} does not exist: run the amalgamation in "
+                            f"{workdir} first (same command with --config.mode=amalgamate).")
+  return report.evaluate_and_report(setup(config, workdir), student_dir)
+
