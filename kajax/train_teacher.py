@@ -101,7 +101,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   tasks.check_task(config.task, "--config.task")
   os.makedirs(workdir, exist_ok=True)
   mesh = parallel.make_mesh()
-  local_batch = parallel.check_batch_size(config.batch_size, mesh)
+  parallel.check_batch_size(config.batch_size, mesh)
   data_dir = data_sources.resolve_data_dir(config.data_dir, workdir)
   train_source = data_sources.open_split(config.dataset, data_dir, config.train_split)
   eval_source = data_sources.open_split(config.dataset, data_dir, config.eval_split)
@@ -109,8 +109,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   model = build_model(config)
   rng = jax.random.key(config.seed)
   init_rng, step_rng = jax.random.split(rng)
-  h, w = config.input.crop_size
-  variables = jax.jit(lambda r: model.init(r, jnp.zeros((1, h, w, 3)), train=False))(init_rng)
+  # Parameter shapes do not depend on the image size: initialise on a small probe.
+  variables = jax.jit(lambda r: model.init(r, jnp.zeros((1, 64, 64, 3)), train=False))(
+      init_rng)
   if config.get("init_from"):
     variables = load_imagenet_encoder(variables, config.init_from)
   class_weights = None
