@@ -229,7 +229,7 @@ def _convert(expected: Mapping[str, Any], sd: Mapping[str, np.ndarray], name_of,
     if ignore is None or not ignore.match(key):
       problems.append(f"unexpected key {key} (shape {tuple(np.shape(sd[key]))})")
   if problems:
-    raise ConversionError(problems)
+    raise ConversionError(sorted(problems))  # Grouped: missing, shape mismatch, unexpected.
   return variables
 
 
@@ -260,7 +260,17 @@ def convert_state_dict(sd: Mapping[str, Any], num_outputs: int, arch: str | None
     block, layer, mod, leaf = path
     return _torch_name(layout, block, int(layer[len("layer"):]), mod, leaf)
 
-  return _convert(expected, {k: _to_numpy(v) for k, v in sd.items()}, name_of)
+  sd = {k: _to_numpy(v) for k, v in sd.items()}
+  try:
+    return _convert(expected, sd, name_of)
+  except ConversionError as e:
+    # The most likely user error gets a direct hint before the list of shape mismatches.
+    head_key = name_of(("up1", f"layer{segnet.convs_per_block(arch)[0] - 1}", "conv", "bias"))
+    found = np.shape(sd[head_key])[0] if np.ndim(sd.get(head_key)) == 1 else None
+    hint = ([f"the checkpoint has {found} outputs ({head_key}) but num_outputs={num_outputs}; "
+             f"pass --num_outputs={found} if that is intended"]
+            if found is not None and found != num_outputs else [])
+    raise ConversionError(hint + e.problems) from None
 
 
 def _build(path: str | os.PathLike, num_outputs: int

@@ -59,6 +59,13 @@ class TeacherInfo:
   extra: dict = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
+    # Accept NumPy scalars but store plain Python numbers so the JSON stays portable.
+    if isinstance(self.num_outputs, np.integer):
+      object.__setattr__(self, "num_outputs", int(self.num_outputs))
+    if isinstance(self.width_multiplier, (int, np.number)):
+      object.__setattr__(self, "width_multiplier", float(self.width_multiplier))
+    if isinstance(self.params, np.integer):
+      object.__setattr__(self, "params", int(self.params))
     problems = []
     if self.task not in TASKS:
       problems.append(f"task={self.task!r} is not one of {TASKS}")
@@ -68,7 +75,7 @@ class TeacherInfo:
       problems.append(f"arch={self.arch!r} is not one of {sorted(segnet.ARCH_CONVS)}")
     if self.head not in segnet.HEADS:
       problems.append(f"head={self.head!r} is not one of {segnet.HEADS}")
-    if not float(self.width_multiplier) > 0:
+    if not isinstance(self.width_multiplier, float) or not self.width_multiplier > 0:
       problems.append(f"width_multiplier={self.width_multiplier!r} must be positive")
     if problems:
       raise ValueError("Invalid TeacherInfo: " + "; ".join(problems) + ".")
@@ -129,6 +136,19 @@ def tree_mismatches(expected: Any, found: Any) -> list[str]:
   return problems
 
 
+def _checkpointer():
+  """A process-local Orbax checkpointer.
+
+  Teacher variables are plain NumPy arrays: every process reads its own copy, and only one
+  process (normally 0) writes, so no cross-process barrier may be involved: with Orbax's
+  default options a save on process 0 alone fails in a multi-host run.
+  """
+  import orbax.checkpoint as ocp  # Heavy import, only needed when reading or writing.
+  me = jax.process_index()
+  return ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+      primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"teacher_io_{me}"))
+
+
 def is_teacher_dir(path: str | os.PathLike) -> bool:
   """True if ``path`` looks like a teacher directory (teacher.json + variables/)."""
   path = os.fspath(path)
@@ -149,8 +169,6 @@ def save_teacher(output_dir: str | os.PathLike, variables: dict[str, Any], info:
   Returns:
     The absolute path of the written directory.
   """
-  import orbax.checkpoint as ocp  # Heavy import, only needed here and in load_teacher.
-
   output_dir = os.path.abspath(os.fspath(output_dir))
   if os.path.exists(output_dir):
     if not os.path.isdir(output_dir):
@@ -170,16 +188,19 @@ def save_teacher(output_dir: str | os.PathLike, variables: dict[str, Any], info:
   parent, name = os.path.split(output_dir)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
+  trash = None
   try:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would hide the teacher from other users.
     with open(os.path.join(tmp, INFO_FILE), "w") as f:
       f.write(info.to_json() + "\n")
-    checkpointer = ocp.StandardCheckpointer()
+    checkpointer = _checkpointer()
     try:
       checkpointer.save(os.path.join(tmp, VARIABLES_DIR), variables)
       checkpointer.wait_until_finished()
     finally:
       checkpointer.close()
-    trash = None
     if os.path.isdir(output_dir):
       # Move the old directory aside first so the rename below cannot fail half-way.
       trash = os.path.join(parent, f".{name}.old-{uuid.uuid4().hex[:8]}")
@@ -187,6 +208,8 @@ def save_teacher(output_dir: str | os.PathLike, variables: dict[str, Any], info:
     os.rename(tmp, output_dir)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
+    if trash is not None and not os.path.exists(output_dir):
+      os.rename(trash, output_dir)  # Put the old teacher back.
     raise
   if trash is not None:
     shutil.rmtree(trash, ignore_errors=True)
@@ -219,13 +242,11 @@ def load_teacher(teacher_dir: str | os.PathLike
     (module, variables, info): the SegNet module, ``{'params', 'batch_stats'}`` of NumPy
     arrays (checked against the module's shapes), and the TeacherInfo.
   """
-  import orbax.checkpoint as ocp
-
   info = read_info(teacher_dir)
   var_dir = os.path.abspath(os.path.join(os.fspath(teacher_dir), VARIABLES_DIR))
   if not os.path.isdir(var_dir):
     raise FileNotFoundError(f"{teacher_dir} has no {VARIABLES_DIR}/ checkpoint directory.")
-  checkpointer = ocp.StandardCheckpointer()
+  checkpointer = _checkpointer()
   try:
     variables = checkpointer.restore(var_dir)
   except Exception as e:  # Orbax raises many types; the directory is what the user needs.
