@@ -17,9 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
-
-from kajax import segnet, student
+from kajax import segnet, student, teacher_io
 
 INFO_FILE = "student.json"
 VARIABLES_DIR = "variables"
@@ -44,8 +42,10 @@ def save_student(out_dir: str, spec: student.StudentSpec, branch_points: Sequenc
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=".student-", dir=parent)
   try:
-    ocp.StandardCheckpointer().save(os.path.join(tmp, VARIABLES_DIR), variables)
-    ocp.StandardCheckpointer().wait_until_finished()
+    checkpointer = teacher_io.process_local_checkpointer()  # Process 0 writes alone.
+    checkpointer.save(os.path.join(tmp, VARIABLES_DIR), variables)
+    checkpointer.wait_until_finished()
+    checkpointer.close()
     with open(os.path.join(tmp, INFO_FILE), "w") as f:
       json.dump(info, f, indent=2)
     if os.path.exists(out_dir):
@@ -69,6 +69,7 @@ def load_student(student_dir: str) -> tuple[student.Student, Any, dict[str, Any]
                              tuple(info["heads"]), info["arch"], info["width_multiplier"],
                              info["gate_form"], info["trunk_task"])
   module = student.Student(spec, tuple(info["branch_points"]))
-  variables = ocp.StandardCheckpointer().restore(
-      os.path.abspath(os.path.join(student_dir, VARIABLES_DIR)))
+  checkpointer = teacher_io.process_local_checkpointer()
+  variables = checkpointer.restore(os.path.abspath(os.path.join(student_dir, VARIABLES_DIR)))
+  checkpointer.close()
   return module, variables, info

@@ -51,11 +51,13 @@ class ChannelGate(nn.Module):
   form: str = "identity"
   param_dtype: Any = jnp.float32
 
-  def gate(self, x: jax.Array) -> jax.Array:
-    """The per-channel multipliers, shape (N, 1, 1, C)."""
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
     check_gate_form(self.form)
+    if x.ndim != 4:
+      raise ValueError(f"ChannelGate expects an NHWC feature, got shape {x.shape}.")
     channels = x.shape[-1]
-    # Global average pool over H and W (whatever the aspect ratio).
+    # Global average pool over H and W (whatever the aspect ratio): (N, 1, 1, C).
     pooled = jnp.mean(x, axis=(1, 2), keepdims=True)
     z = nn.Conv(gate_hidden_width(channels), (1, 1), use_bias=False,
                 param_dtype=self.param_dtype, name="reduce")(pooled)
@@ -64,13 +66,6 @@ class ChannelGate(nn.Module):
                    else nn.linear.default_kernel_init)
     z = nn.Conv(channels, (1, 1), use_bias=False, kernel_init=expand_init,
                 param_dtype=self.param_dtype, name="expand")(z)
-    if self.form == "identity":
-      # 2 * sigmoid(0) == 1 exactly in floating point.
-      return 2.0 * nn.sigmoid(z)
-    return nn.sigmoid(z)
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    if x.ndim != 4:
-      raise ValueError(f"ChannelGate expects an NHWC feature, got shape {x.shape}.")
-    return x * self.gate(x).astype(x.dtype)
+    # identity: 2 * sigmoid(0) == 1 exactly in floating point.
+    gate = 2.0 * nn.sigmoid(z) if self.form == "identity" else nn.sigmoid(z)
+    return x * gate.astype(x.dtype)

@@ -136,7 +136,7 @@ def tree_mismatches(expected: Any, found: Any) -> list[str]:
   return problems
 
 
-def _checkpointer():
+def process_local_checkpointer():
   """A process-local Orbax checkpointer.
 
   Teacher variables are plain NumPy arrays: every process reads its own copy, and only one
@@ -195,7 +195,7 @@ def save_teacher(output_dir: str | os.PathLike, variables: dict[str, Any], info:
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would hide the teacher from other users.
     with open(os.path.join(tmp, INFO_FILE), "w") as f:
       f.write(info.to_json() + "\n")
-    checkpointer = _checkpointer()
+    checkpointer = process_local_checkpointer()
     try:
       checkpointer.save(os.path.join(tmp, VARIABLES_DIR), variables)
       checkpointer.wait_until_finished()
@@ -246,7 +246,7 @@ def load_teacher(teacher_dir: str | os.PathLike
   var_dir = os.path.abspath(os.path.join(os.fspath(teacher_dir), VARIABLES_DIR))
   if not os.path.isdir(var_dir):
     raise FileNotFoundError(f"{teacher_dir} has no {VARIABLES_DIR}/ checkpoint directory.")
-  checkpointer = _checkpointer()
+  checkpointer = process_local_checkpointer()
   try:
     variables = checkpointer.restore(var_dir)
   except Exception as e:  # Orbax raises many types; the directory is what the user needs.
