@@ -112,7 +112,8 @@ def branch_losses(trunk_variables: Any, teachers: Mapping[str, Any],
     ((T, 5) sum of per-image losses, number of real images). Dividing table sums by the
     count over a whole split gives the mean over all pixels (every image has the same size).
   """
-  images, mask = batch["image"], batch["mask"].astype(images.dtype)
+  images = batch["image"]
+  mask = batch["mask"].astype(images.dtype)
   targets = teacher_outputs(teachers, images, teacher_modules, task_names)
   gated, indices = trunk.apply(trunk_variables, images, train=False)
   rows = []
