@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 # Config files may import their sibling ``common.py``: make their folder importable before
@@ -38,6 +38,9 @@ MODES = ("teacher", "amalgamate", "evaluate")
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    # Orbax logs every checkpoint step at INFO; the progress bars say what matters.
+    logging.set_verbosity(logging.WARNING)
   if _DISTRIBUTED.value:
     import jax
     jax.distributed.initialize()
