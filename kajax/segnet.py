@@ -101,8 +101,10 @@ def max_pool_with_indices(x: jax.Array) -> tuple[jax.Array, PoolIndices]:
         "for five pooling stages (use at least 32x32).")
   windows = _windows(x)
   argmax = jnp.argmax(windows, axis=3)  # jnp.argmax returns the first maximum.
-  # take_along_axis (not max) so the gradient goes to the argmax only, as in PyTorch.
-  pooled = jnp.take_along_axis(windows, argmax[:, :, :, None, :], axis=3)[:, :, :, 0, :]
+  # Select with a one-hot mask (not max) so the gradient goes to the argmax only, as in
+  # PyTorch; a dense mask is much faster on CPU than take_along_axis's scatter gradient.
+  hit = argmax[:, :, :, None, :] == jnp.arange(4)[None, None, None, :, None]
+  pooled = jnp.sum(jnp.where(hit, windows, jnp.zeros((), x.dtype)), axis=3)
   return pooled, PoolIndices(argmax.astype(jnp.int8), (h, w))
 
 
