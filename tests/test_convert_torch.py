@@ -15,7 +15,7 @@ from kajax import teacher_io
 
 torch = pytest.importorskip("torch", reason="converting .pth files needs torch")
 torch.set_num_threads(1)
-import torch_segnet  # noqa: E402  (pytest puts tests/ on sys.path)
+from tests import torch_segnet  # noqa: E402  (after the torch import check)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -9,7 +9,7 @@ from kajax import segnet
 
 torch = pytest.importorskip("torch", reason="the PyTorch reference needs torch")
 torch.set_num_threads(1)
-import torch_segnet  # noqa: E402  (pytest puts tests/ on sys.path)
+from tests import torch_segnet  # noqa: E402  (after the torch import check)
 
 
 def _flax_params(num_outputs, arch="segnet_vgg16_bn", width=1.0, head="conv"):

@@ -1,0 +1,203 @@
+"""End-to-end tests of kajax.train (amalgamation) and kajax.train_teacher on synthetic rooms
+(tiny config, built once per session), with random tiny teachers: resume after a kill,
+config errors, the non-finite-loss stop, the full four-step run with its outputs."""
+
+import json
+import os
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from kajax import checkpointing, data_sources, export, input_pipeline, train, train_teacher
+from tests import fakes
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
+import demo  # noqa: E402  (configs/ is not a package)
+import teacher_rooms_seg  # noqa: E402
+
+
+class Killed(Exception):
+  """Stands for the process being killed between two steps."""
+
+
+class KillAfter:
+  """Wraps a pipeline iterator; raises ``Killed`` when asked for batch ``n + 1``.
+
+  ``poison_after`` instead returns NaN images from then on (a diverging run).
+  """
+
+  def __init__(self, iterator, n, poison=False):
+    self._it, self._n, self._poison, self._count = iterator, n, poison, 0
+
+  def __next__(self):
+    self._count += 1
+    batch = next(self._it)
+    if self._count > self._n:
+      if not self._poison:
+        raise Killed()
+      batch = dict(batch, image=np.full_like(batch["image"], np.nan))
+    return batch
+
+  def get_state(self):
+    return self._it.get_state()
+
+  def set_state(self, state):
+    self._it.set_state(state)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("data"))
+  data_sources.ensure_built("synthetic_rooms/tiny", path)
+  return path
+
+
+def _amalgamation_config(data_dir, workdir, **overrides):
+  c = demo.get_config("tiny")
+  c.data_dir = data_dir
+  for t in c.tasks:
+    c.teachers[t].train_config = None
+  for key, value in overrides.items():
+    block = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      block = block[p]
+    block[leaf] = value
+  return c
+
+
+def _random_teachers(workdir, widths=(1 / 16, 1 / 16), tasks=(("seg", 13), ("depth", 1))):
+  for (task, c), width, seed in zip(tasks, widths, (0, 1)):
+    fakes.save_random_teacher(os.path.join(workdir, "teachers", task), task, c, seed, width)
+
+
+def _patch_kill(monkeypatch, module, n, poison=False):
+  original = module._train_iterator
+  monkeypatch.setattr(module, "_train_iterator",
+                      lambda *a, **k: KillAfter(original(*a, **k), n, poison))
+
+
+def _leaves_close(a, b, **tol):
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), **tol)
+
+
+def test_block_phase_resume_equals_uninterrupted(data_dir, tmp_path, monkeypatch):
+  results = []
+  for name, kill in (("straight", False), ("killed", True)):
+    workdir = str(tmp_path / name)
+    _random_teachers(workdir)
+    config = _amalgamation_config(data_dir, workdir)  # 4 block steps, checkpoint every 2
+    run = train.setup(config, workdir)
+    if kill:
+      with monkeypatch.context() as m:
+        _patch_kill(m, train, 2)
+        with pytest.raises(Killed):
+          train.block_phase(run)
+      assert checkpointing.Checkpointer(os.path.join(workdir, "checkpoints", "block")
+                                        ).latest_step() == 2
+    results.append(jax.device_get(train.block_phase(run)))  # the same command again
+  _leaves_close(results[0], results[1], rtol=1e-5, atol=1e-6)
+
+
+def test_teacher_training_resumes_after_a_kill(data_dir, tmp_path, monkeypatch):
+  config = teacher_rooms_seg.get_config("tiny")
+  config.data_dir = data_dir
+  config.num_steps, config.checkpoint_every = 4, 2
+  train_teacher.train_and_evaluate(config, str(tmp_path / "straight"))
+  killed = str(tmp_path / "killed")
+  original = input_pipeline.make_train_iterator
+  with monkeypatch.context() as m:
+    m.setattr(train_teacher.input_pipeline, "make_train_iterator",
+              lambda *a, **k: KillAfter(original(*a, **k), 2))
+    with pytest.raises(Killed):
+      train_teacher.train_and_evaluate(config, killed)
+  assert not os.path.exists(os.path.join(killed, "teacher"))  # nothing exported yet
+  train_teacher.train_and_evaluate(config, killed)
+  a = fakes.teacher_io.load_teacher(str(tmp_path / "straight" / "teacher"))[1]
+  b = fakes.teacher_io.load_teacher(os.path.join(killed, "teacher"))[1]
+  _leaves_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path,
+                                                              monkeypatch):
+  workdir = str(tmp_path / "nan")
+  _random_teachers(workdir)
+  run = train.setup(_amalgamation_config(data_dir, workdir), workdir)
+  _patch_kill(monkeypatch, train, 2, poison=True)
+  with pytest.raises(FloatingPointError, match="step [34]"):
+    train.block_phase(run)
+  # The poisoned step 3 was never saved: the latest checkpoint is the good one of step 2.
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints", "block"))
+  assert ckpt.latest_step() == 2
+
+
+@pytest.mark.parametrize("problem, match", [
+    ("missing", "No teacher for task 'depth'"),
+    ("wrong_task", "holds a 'seg' teacher"),
+    ("geometry", "cannot be spliced"),
+    ("batch", "batch_size=12"),
+    ("task_names", "one entry per task"),
+])
+def test_config_errors_are_clear(data_dir, tmp_path, problem, match):
+  workdir = str(tmp_path / problem)
+  _random_teachers(workdir, widths=(1 / 16, 1 / 8) if problem == "geometry" else
+                   (1 / 16, 1 / 16))
+  overrides = {}
+  if problem == "missing":
+    overrides["teachers.depth.dir"] = str(tmp_path / "nothing_here")
+  elif problem == "wrong_task":
+    overrides["teachers.depth.dir"] = os.path.join(workdir, "teachers", "seg")
+  elif problem == "batch":
+    overrides["batch_size"] = 12
+  config = _amalgamation_config(data_dir, workdir, **overrides)
+  if problem == "task_names":
+    config.loss.lambdas = {"seg": 1.0, "normals": 1.0}
+  with pytest.raises((ValueError, FileNotFoundError), match=match):
+    train.train_and_evaluate(config, workdir)
+
+
+@pytest.mark.slow
+def test_four_steps_end_to_end_with_a_kill_in_finetuning(data_dir, tmp_path, monkeypatch):
+  workdir = str(tmp_path / "run")
+  _random_teachers(workdir)
+  config = _amalgamation_config(data_dir, workdir, **{"branch.override": "1,2"})
+  original = train._train_iterator
+  calls = []
+
+  def kill_second_phase(*args, **kwargs):
+    calls.append(1)
+    it = original(*args, **kwargs)
+    return KillAfter(it, 2) if len(calls) == 2 else it  # the fine-tuning iterator
+
+  with monkeypatch.context() as m:
+    m.setattr(train, "_train_iterator", kill_second_phase)
+    with pytest.raises(Killed):
+      train.train_and_evaluate(config, workdir)
+  assert os.path.exists(os.path.join(workdir, "branch_search.json"))
+  results = train.train_and_evaluate(config, workdir)  # resumes fine-tuning at step 2
+
+  with open(os.path.join(workdir, "results.json")) as f:
+    saved = json.load(f)
+  assert saved == json.loads(json.dumps(results))
+  assert saved["branch_points"] == {"seg": 1, "depth": 2}
+  models = saved["models"]
+  for key in ("miou", "pixel_acc", "mean_acc", "rmse", "abs_rel", "delta1", "params",
+              "gflops"):
+    assert key in models["student"], key
+  assert set(models) >= {"teacher/seg", "teacher/depth", "student"}
+  assert len(saved["branch_losses"]["seg"]) == 5
+  # The pruned export has exactly the parameters the table reports, and fewer than the
+  # teachers together (shared encoder and trunk).
+  module, variables, info = export.load_student(os.path.join(workdir, "student"))
+  n = sum(x.size for x in jax.tree_util.tree_leaves(variables["params"]))
+  assert models["student"]["params"] == n
+  assert n < models["teacher/seg"]["params"] + models["teacher/depth"]["params"]
+  assert "up1" not in variables["params"] and "up2" not in variables["params"]  # max k = 2
+  for name in ("samples.png", "branch_losses.png", "results.md"):
+    assert os.path.getsize(os.path.join(workdir, name)) > 0
+  # mode=evaluate on the finished workdir reproduces the numbers.
+  again = train.evaluate_workdir(config, workdir)
+  assert again["models"]["student"]["miou"] == pytest.approx(models["student"]["miou"])
