@@ -78,6 +78,17 @@ def teacher_config(task, dataset, train_split, eval_split, *, width_multiplier, 
   return c
 
 
+def shrink_amalgamation(c):
+  """Seconds-long variant of an amalgamation config, for tests."""
+  c.block.num_steps = 4
+  c.finetune.num_steps = 4
+  c.batch_size = 8
+  c.eval_batch_size = 8
+  c.log_every = 2
+  c.checkpoint_every = 2
+  c.input.num_threads = 1
+
+
 def rooms_teacher(task, arg=None):
   """Teacher on synthetic rooms (96x128, width 1/8: ~2.5 min on 2 CPU cores)."""
   split = {"seg": "teacher_seg", "depth": "teacher_depth", "normals": "teacher_depth"}[task]
@@ -86,6 +97,25 @@ def rooms_teacher(task, arg=None):
                      input_cfg=input_config(scale_range=(1.0, 1.25)))
   if arg == "tiny":
     shrink_teacher(c)
+  return c
+
+
+def nyu_teacher(task, arg=None):
+  """NYUv2 teacher with the KamalEngine recipe (design.md §1): SGD 0.01, momentum 0.9,
+  wd 1e-4, cosine, batch 16, 10,000 steps; resize to 240x320, random 240x240 crops, flips."""
+  c = teacher_config(
+      task, "nyuv2/labeled_mat", "train", "test", width_multiplier=1.0, num_steps=10_000,
+      batch_size=16, learning_rate=0.01,
+      input_cfg=input_config(image_size=(240, 320), crop_size=(240, 240),
+                             scale_range=(1.0, 1.5), color_jitter=(0.0, 0.0, 0.0)))
+  c.optimizer = optimizer_config("sgd", 0.01, 1e-4)
+  c.class_weighting = "none"
+  c.checkpoint_every = 1000
+  c.log_every = 50
+  if arg == "tiny":
+    shrink_teacher(c)
+    c.dataset = "nyuv2/mtan_npy"
+    c.input.image_size, c.input.crop_size = (64, 96), (64, 64)
   return c
 
 
@@ -142,3 +172,14 @@ def amalgamation_config(tasks, dataset, *, unlabeled_split, branch_split, test_s
   c.max_checkpoints_to_keep = 2
   c.seed = 0
   return c
+
+
+def shrink_amalgamation(c):
+  """Seconds-long variant of an amalgamation config, for tests."""
+  c.block.num_steps = 4
+  c.finetune.num_steps = 4
+  c.batch_size = 8
+  c.eval_batch_size = 8
+  c.log_every = 2
+  c.checkpoint_every = 2
+  c.input.num_threads = 1

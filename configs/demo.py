@@ -22,11 +22,5 @@ def get_config(arg=None):
     c.teachers[t].train_config = common.rooms_teacher(t, arg)
   if arg == "tiny":
     c.dataset = "synthetic_rooms/tiny"
-    c.block.num_steps = 4
-    c.finetune.num_steps = 4
-    c.batch_size = 8
-    c.eval_batch_size = 8
-    c.log_every = 2
-    c.checkpoint_every = 2
-    c.input.num_threads = 1
+    common.shrink_amalgamation(c)
   return c

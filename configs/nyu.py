@@ -17,15 +17,12 @@ def get_config(arg=None):
       ("seg", "depth"), "nyuv2/labeled_mat", unlabeled_split="train[:90%]",
       branch_split="train[90%:]", test_split="test", block_steps=5000, finetune_steps=5000,
       batch_size=16, learning_rate=1e-4,
-      input_cfg=common.input_config(image_size=(240, 320), crop_size=(240, 240)))
+      input_cfg=common.input_config(image_size=(240, 320), crop_size=(240, 240),
+                                    color_jitter=(0.0, 0.0, 0.0)))
   c.checkpoint_every = 500
   c.log_every = 50
   if arg == "tiny":
     c.dataset = "nyuv2/mtan_npy"
-    c.block.num_steps = 2
-    c.finetune.num_steps = 2
-    c.batch_size = 8
-    c.eval_batch_size = 8
-    c.input.image_size = (64, 96)
-    c.input.crop_size = (64, 64)
+    common.shrink_amalgamation(c)
+    c.input.image_size, c.input.crop_size = (64, 96), (64, 64)
   return c

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from kajax import flops, segnet
+from tests import fakes
 from kajax.gates import ChannelGate
 from kajax.segnet import DECODER_BLOCKS, SegNet
 from kajax.student import (Student, StudentSpec, StudentTrunk, count_student_params,
@@ -74,24 +75,10 @@ TINY = (8, 16, 32, 64, 64)
 
 # --- fixtures -----------------------------------------------------------------------------
 def make_teacher(num_outputs, seed):
-  """A tiny teacher with random weights and non-default BN statistics, scales and biases.
-
-  Filled with NumPy from the eval_shape structure: compiling ``SegNet.init`` takes ~20 s on
-  this machine, and random BN statistics make a block copied without them show.
-  """
+  """A tiny teacher with random weights and non-default BN statistics (``tests.fakes``)."""
   module = SegNet(num_outputs, width_multiplier=WIDTH)
-  rng = np.random.default_rng(seed)
-
-  def fill(path, x):
-    name = path[-1].key
-    if name == "kernel":  # He-normal, fan-in
-      values = rng.standard_normal(x.shape) * np.sqrt(2.0 / np.prod(x.shape[:-1]))
-    elif name in ("var", "scale"):
-      values = rng.uniform(0.5, 1.5, x.shape)
-    else:  # conv/BN bias, running mean
-      values = 0.1 * rng.standard_normal(x.shape)
-    return jnp.asarray(values, x.dtype)
-  return module, jax.tree_util.tree_map_with_path(fill, variable_shapes(module))
+  variables = jax.tree_util.tree_map(jnp.asarray, fakes.random_variables(module, seed))
+  return module, variables
 
 
 @pytest.fixture(scope="module")
