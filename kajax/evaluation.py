@@ -25,14 +25,16 @@ def _mask_targets(task: str, target: jax.Array, mask: jax.Array) -> jax.Array:
   return jnp.where(m, target, jnp.asarray(_INVALID[task], target.dtype))
 
 
-def evaluate(model_fn: Callable[[jax.Array], Mapping[str, jax.Array]],
+def evaluate(model_fn: Callable[[Any, jax.Array], Mapping[str, jax.Array]], variables: Any,
              task_extras: Mapping[str, Mapping[str, Any]], source: Any, input_config: Any,
              batch_size: int, mesh: Any, num_classes: int | None = None
              ) -> dict[str, dict[str, float]]:
   """Metrics of every task ``model_fn`` predicts, over all of ``source``.
 
   Args:
-    model_fn: normalised images (N,H,W,3) -> {task: raw network output}.
+    model_fn: (variables, normalised images (N,H,W,3)) -> {task: raw network output}.
+    variables: the model's variables (an argument of the compiled step, not a constant
+      baked into it: full-width models are ~120 MB).
     task_extras: per task, readout settings (e.g. depth bins) of that output.
     source: random-access labelled split (``tfds.data_source``).
     input_config: the config's ``input`` block (evaluation resolution, normalisation).
@@ -47,8 +49,8 @@ def evaluate(model_fn: Callable[[jax.Array], Mapping[str, jax.Array]],
   sums = {t: metrics.init_sums(t, num_classes=num_classes) for t in task_list}
 
   @jax.jit
-  def update(sums, batch):
-    outputs = model_fn(batch["image"])
+  def update(sums, variables, batch):
+    outputs = model_fn(variables, batch["image"])
     new = {}
     for t in task_list:
       pred = tasks.readout(t, outputs[t], task_extras[t])
@@ -58,16 +60,16 @@ def evaluate(model_fn: Callable[[jax.Array], Mapping[str, jax.Array]],
 
   for local in input_pipeline.make_eval_iterator(source, input_config,
                                                  global_batch_size=batch_size):
-    sums = update(sums, parallel.global_batch(local, mesh))
+    sums = update(sums, variables, parallel.global_batch(local, mesh))
   sums = jax.device_get(sums)
   return {t: {k: float(v) for k, v in metrics.finalize(t, sums[t]).items()}
           for t in task_list}
 
 
-def evaluate_model(predict: Callable[[jax.Array], jax.Array], task: str,
+def evaluate_model(predict: Callable[[Any, jax.Array], jax.Array], variables: Any, task: str,
                    extra: Mapping[str, Any], source: Any, input_config: Any, batch_size: int,
                    mesh: Any, num_classes: int | None = None) -> dict[str, float]:
   """Single-task convenience wrapper around :func:`evaluate`."""
-  return evaluate(lambda x: {task: predict(x)}, {task: extra}, source, input_config,
-                  batch_size, mesh, num_classes)[task]
+  return evaluate(lambda v, x: {task: predict(v, x)}, variables, {task: extra}, source,
+                  input_config, batch_size, mesh, num_classes)[task]
 

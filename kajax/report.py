@@ -55,7 +55,7 @@ def evaluate_and_report(run: Any, student_dir: str) -> dict[str, Any]:
   for t, teacher in run.teachers.items():
     tv = run.teacher_vars[t]
     metrics = evaluation.evaluate_model(
-        lambda x, m=teacher.module, v=tv: m.apply(v, x, train=False)[0], t,
+        lambda v, x, m=teacher.module: m.apply(v, x, train=False)[0], tv, t,
         teacher.info.extra, source, c.input, c.eval_batch_size, run.mesh, _num_classes(run))
     metrics["params"] = float(segnet.count_params(teacher.variables["params"]))
     metrics["gflops"] = flops.gflops_per_image(teacher.module, teacher.variables, (h, w))
@@ -64,7 +64,8 @@ def evaluate_and_report(run: Any, student_dir: str) -> dict[str, Any]:
       "params": sum(models[f"teacher/{t}"]["params"] for t in run.teachers),
       "gflops": sum(models[f"teacher/{t}"]["gflops"] for t in run.teachers)}
   student_metrics = _flatten(evaluation.evaluate(
-      lambda x: module.apply(variables, x, train=False)[0], info["extras"], source, c.input,
+      lambda v, x: module.apply(v, x, train=False)[0], variables, info["extras"], source,
+      c.input,
       c.eval_batch_size, run.mesh, _num_classes(run)))
   student_metrics["params"] = float(info["params"])
   student_metrics["gflops"] = flops.gflops_per_image(module, jax.device_get(variables),
@@ -117,12 +118,13 @@ def _write_pictures(run: Any, module: Any, variables: Any, info: Mapping[str, An
       _Subset(source, _NUM_SAMPLES), c.input, global_batch_size=_NUM_SAMPLES,
       process_index=0, process_count=1)))
   images = batch["image"]
-  student_out = jax.device_get(module.apply(jax.device_get(variables), images,
-                                            train=False)[0])
+  # jit: an eager SegNet forward dispatches hundreds of small ops (seconds on a CPU).
+  forward = jax.jit(lambda m, v, x: m.apply(v, x, train=False)[0], static_argnums=0)
+  student_out = jax.device_get(forward(module, jax.device_get(variables), images))
   rows, titles = [], ["input"]
   for t in info["tasks"]:
     titles += [f"teacher {t}", f"student {t}", f"truth {t}"]
-  teacher_out = {t: np.asarray(tc.module.apply(tc.variables, images, train=False)[0])
+  teacher_out = {t: np.asarray(forward(tc.module, tc.variables, images))
                  for t, tc in run.teachers.items()}
   for i in range(len(images)):
     row = [visualize.denormalize_image(images[i])]

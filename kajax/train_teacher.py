@@ -145,7 +145,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_seconds = time.time() - t0
 
   results = evaluation.evaluate_model(
-      lambda x: model.apply(state.variables, x, train=False)[0], config.task,
+      lambda v, x: model.apply(v, x, train=False)[0], state.variables, config.task,
       teacher_extra(config), eval_source, config.input, config.eval_batch_size, mesh,
       num_classes=config.model.num_outputs if config.task == "seg" else None)
   results["train_seconds"] = train_seconds
