@@ -18,9 +18,9 @@ import kajax.datasets  # noqa: F401  (registers kajax's TFDS builders)
 _GENERATED = ("synthetic_rooms",)
 
 
-def resolve_data_dir(data_dir: str | None, workdir: str | None = None) -> str:
-  """``--config.data_dir``, else $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
-  del workdir  # Data is shared between runs; never inside one run's workdir.
+def resolve_data_dir(data_dir: str | None) -> str:
+  """``--config.data_dir``, else $TFDS_DATA_DIR, else ~/tensorflow_datasets (data is shared
+  between runs, never inside one run's workdir)."""
   if data_dir:
     return os.path.abspath(os.path.expanduser(data_dir))
   return os.path.expanduser(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"))

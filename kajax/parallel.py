@@ -44,7 +44,8 @@ def check_batch_size(global_batch_size: int, mesh: Mesh, flag: str = "batch_size
   if global_batch_size <= 0 or global_batch_size % num_devices:
     raise ValueError(
         f"--config.{flag}={global_batch_size} must be a positive multiple of the number of "
-        f"devices ({num_devices}); e.g. use {max(1, global_batch_size // num_devices or 1) * num_devices}.")
+        f"devices ({num_devices}); e.g. use "
+        f"{max(1, -(-global_batch_size // num_devices)) * num_devices}.")
   return global_batch_size // jax.process_count()
 
 

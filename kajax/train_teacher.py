@@ -102,7 +102,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   os.makedirs(workdir, exist_ok=True)
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.batch_size, mesh)
-  data_dir = data_sources.resolve_data_dir(config.data_dir, workdir)
+  data_dir = data_sources.resolve_data_dir(config.data_dir)
   train_source = data_sources.open_split(config.dataset, data_dir, config.train_split)
   eval_source = data_sources.open_split(config.dataset, data_dir, config.eval_split)
 
