@@ -155,9 +155,13 @@ def branch_phase(run: Run, trunk_variables: Any) -> tuple[tuple[int, ...], np.nd
   if jax.process_index() == 0:
     branch_search.save_result(run.workdir, run.task_names, table, c.branch.tau, chosen,
                               "override" if override else f"rule (tau={c.branch.tau})")
-  print("Branch search (projection loss on "
-        f"{int(count)} held-out images):\n" +
-        branch_search.format_table(run.task_names, table, chosen), flush=True)
+  text = branch_search.format_table(run.task_names, table, chosen)
+  run.writer.text(c.block.num_steps, "branch_search", text)
+  for t, row in zip(run.task_names, table):
+    run.writer.scalars(c.block.num_steps, {f"{t}/k{k}": v for k, v in enumerate(row)},
+                       "branch_loss/")
+  print(f"Branch search (projection loss on {int(count)} held-out images):\n{text}",
+        flush=True)
   return chosen, table
 
 
