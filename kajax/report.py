@@ -129,10 +129,12 @@ def _write_pictures(run: Any, module: Any, variables: Any, info: Mapping[str, An
   for i in range(len(images)):
     row = [visualize.denormalize_image(images[i])]
     for t in info["tasks"]:
-      extra = info["extras"][t]
+      extra, truth = info["extras"][t], batch[tasks.TARGET_KEY[t]][i]
+      # One depth colour scale per row, from the ground truth, so the three are comparable.
+      scale = float(np.max(truth)) if t == "depth" and np.max(truth) > 0 else 10.0
       for out in (teacher_out[t], student_out[t]):
-        row.append(_picture(t, np.asarray(tasks.readout(t, out[i:i + 1], extra))[0]))
-      row.append(_picture(t, batch[tasks.TARGET_KEY[t]][i], truth=True))
+        row.append(_picture(t, np.asarray(tasks.readout(t, out[i:i + 1], extra))[0], scale))
+      row.append(_picture(t, truth, scale, truth=True))
     rows.append(row)
   visualize.save_png(os.path.join(run.workdir, "samples.png"), visualize.grid(rows, titles))
   run.writer.image(0, "samples", visualize.grid(rows, titles))
@@ -144,11 +146,12 @@ def _write_pictures(run: Any, module: Any, variables: Any, info: Mapping[str, An
                        visualize.bar_chart(names, table, chosen))
 
 
-def _picture(task: str, value: np.ndarray, truth: bool = False) -> np.ndarray:
+def _picture(task: str, value: np.ndarray, max_depth: float, truth: bool = False
+             ) -> np.ndarray:
   if task == "seg":
     return visualize.colorize_labels(value if truth else np.argmax(value, axis=-1))
   if task == "depth":
-    return visualize.colorize_depth(value)
+    return visualize.colorize_depth(value, max_depth)
   return visualize.colorize_normals(value)
 
 
