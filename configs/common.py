@@ -154,6 +154,9 @@ def amalgamation_config(tasks, dataset, *, unlabeled_split, branch_split, test_s
   c.loss.kinds = {t: c.loss.kinds[t] for t in tasks}
   c.loss.lambdas = {t: 1.0 for t in tasks}
   c.loss.temperature = 1.0  # KL on softened logits, times T^2
+  # none | teacher_median_freq_sqrt: weight parsing pixels by the teacher's predicted class
+  c.loss.seg_class_weighting = "teacher_median_freq_sqrt"
+  c.loss.class_weight_images = 200  # unlabelled images the class frequencies come from
   c.optimizer = optimizer_config(learning_rate=learning_rate)
   c.block = ml_collections.ConfigDict()
   c.block.num_steps = block_steps

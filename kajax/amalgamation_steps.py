@@ -32,13 +32,14 @@ BLOCK_SCHEDULES = ("random", "sequential")
 
 
 def make_projection_fn(task: str, kind: str, extra: Mapping[str, Any],
-                       temperature: float = 1.0) -> ProjectionFn:
-  """ℓ_t on raw network outputs: parsing compares logits; depth and normals compare the
-  task readout (metres, unit vectors), so depth-bin teachers work too."""
+                       temperature: float = 1.0, class_weights: Any = None) -> ProjectionFn:
+  """ℓ_t on raw network outputs: parsing compares logits (optionally weighting pixels by the
+  teacher's predicted class); depth and normals compare the task readout (metres, unit
+  vectors), so depth-bin teachers work too."""
   base = losses.projection_loss(task, kind)
   if task == "seg":
     if kind == "kl":
-      return lambda s, t: base(s, t, temperature=temperature)
+      return lambda s, t: base(s, t, temperature=temperature, class_weights=class_weights)
     return base
   return lambda s, t: base(tasks.readout(task, s, extra), tasks.readout(task, t, extra))
 

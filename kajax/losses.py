@@ -183,11 +183,13 @@ def normals_cosine(pred: jax.Array, gt: jax.Array) -> jax.Array:
 # ----------------------------------------------------------------------------- projection
 
 def kl_projection(student_logits: jax.Array, teacher_logits: jax.Array,
-                  temperature: float = 1.0) -> jax.Array:
+                  temperature: float = 1.0, class_weights: jax.Array | None = None
+                  ) -> jax.Array:
   """Mean over all pixels of KL(softmax(Y/T) || softmax(Y_hat/T)) * T^2 (Hinton et al. 2015).
 
   Equals ``torch.nn.functional.kl_div(log_softmax(Y_hat/T), softmax(Y/T), reduction='sum')``
-  * T^2 / (N*H*W).
+  * T^2 / (N*H*W). With ``class_weights`` (C,), each pixel's KL is weighted by the weight of
+  the teacher's predicted class and the mean is the weighted mean (no labels involved).
   """
   if student_logits.shape != teacher_logits.shape:
     raise ValueError(f"Student logits {student_logits.shape} and teacher logits "
@@ -196,7 +198,10 @@ def kl_projection(student_logits: jax.Array, teacher_logits: jax.Array,
   log_p = jax.nn.log_softmax(_sg(teacher_logits).astype(dtype) / temperature, axis=-1)
   log_q = jax.nn.log_softmax(student_logits / temperature, axis=-1)
   kl = jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
-  return jnp.mean(kl) * temperature**2
+  if class_weights is None:
+    return jnp.mean(kl) * temperature**2
+  weights = jnp.asarray(class_weights, dtype)[jnp.argmax(_sg(teacher_logits), axis=-1)]
+  return _weighted_mean(kl, weights) * temperature**2
 
 
 def hard_ce_projection(student_logits: jax.Array, teacher_logits: jax.Array) -> jax.Array:

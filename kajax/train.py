@@ -21,12 +21,13 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from kajax import (amalgamation_steps as steps, branch_search, checkpointing, data_sources,
                    export, input_pipeline, loop, optim, parallel, report, reporting, student,
-                   teachers as teachers_lib)
+                   teachers as teachers_lib, train_teacher)
 
 
 @dataclasses.dataclass
@@ -77,15 +78,47 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   spec = student.spec_from_teachers(names, {t: loaded[t].info for t in names},
                                     gate_form=config.gate_form,
                                     trunk_task=config.get("trunk_task") or None)
+  data_dir = data_sources.resolve_data_dir(config.data_dir)
+  weights = _teacher_class_weights(config, loaded, mesh, data_dir)
   fns = tuple(steps.make_projection_fn(t, config.loss.kinds[t], loaded[t].info.extra,
-                                       config.loss.temperature) for t in names)
+                                       config.loss.temperature,
+                                       weights if t == "seg" else None) for t in names)
   return Run(config=config, workdir=workdir, mesh=mesh, teachers=loaded,
              teacher_vars=parallel.replicate({t: loaded[t].variables for t in names}, mesh),
              spec=spec, task_names=names,
              teacher_modules=tuple(loaded[t].module for t in names), projection_fns=fns,
              lambdas=tuple(float(config.loss.lambdas[t]) for t in names),
-             data_dir=data_sources.resolve_data_dir(config.data_dir), writer=reporting.Writer(
-                 workdir))
+             data_dir=data_dir, writer=reporting.Writer(workdir))
+
+
+def _teacher_class_weights(config: ml_collections.ConfigDict,
+                           loaded: dict[str, teachers_lib.Teacher], mesh: Any,
+                           data_dir: str) -> np.ndarray | None:
+  """Parsing KL pixel weights from the *teacher's* class frequencies on unlabelled images.
+
+  ``loss.seg_class_weighting='teacher_median_freq_sqrt'``: (median freq / freq) ** 0.5 of the
+  seg teacher's argmax over up to ``loss.class_weight_images`` unlabelled images — the same
+  balancing the teacher was trained with, so rare classes keep their share of the signal
+  (plain KL lets the student trade them for pixel accuracy). Uses no labels.
+  """
+  if config.loss.get("seg_class_weighting", "none") == "none" or "seg" not in loaded:
+    return None
+  teacher = loaded["seg"]
+  forward = jax.jit(lambda v, x: jnp.argmax(teacher.module.apply(v, x, train=False)[0], -1))
+  source = data_sources.open_split(config.dataset, data_dir, config.unlabeled_split)
+  counts = np.zeros(teacher.info.num_outputs, np.int64)
+  variables = parallel.replicate(teacher.variables, mesh)
+  seen = 0
+  for local in input_pipeline.make_eval_iterator(source, config.input,
+                                                 global_batch_size=config.eval_batch_size,
+                                                 images_only=True):
+    pred = np.asarray(jax.device_get(forward(variables, parallel.global_batch(local, mesh)[
+        "image"])))[np.asarray(local["mask"])]
+    counts += np.bincount(pred.reshape(-1), minlength=len(counts))
+    seen += int(np.sum(local["mask"]))
+    if seen >= config.loss.class_weight_images:
+      break
+  return train_teacher.weights_from_counts(counts, 0.5)
 
 
 def _checkpointer(run: Run, phase: str) -> checkpointing.Checkpointer:

@@ -162,6 +162,21 @@ def test_kl_and_hard_ce_numpy_and_torch():
   assert float(losses.kl_projection(t, t)) == pytest.approx(0.0, abs=1e-6)
 
 
+def test_class_weighted_kl_weights_pixels_by_the_teachers_class():
+  s, _ = seg_data(seed=5)
+  t, _ = seg_data(seed=6)
+  weights = np.array([0.5, 1.0, 2.0, 4.0, 0.25], np.float32)
+  lq, lp = np_log_softmax(s), np_log_softmax(t)
+  kl = np.sum(np.exp(lp) * (lp - lq), -1)
+  w = weights[t.argmax(-1)]
+  want = np.sum(w * kl) / np.sum(w)
+  got = float(losses.kl_projection(s, t, 1.0, class_weights=weights))
+  assert got == pytest.approx(want, rel=1e-5)
+  # Uniform weights give the plain mean.
+  assert float(losses.kl_projection(s, t, 1.0, class_weights=np.ones(5))) == pytest.approx(
+      float(losses.kl_projection(s, t, 1.0)), rel=1e-6)
+
+
 def test_depth_projections_numpy():
   rng = np.random.default_rng(6)
   y = rng.uniform(0.0, 6.0, (2, 4, 5, 1)).astype(np.float32)

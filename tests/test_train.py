@@ -201,3 +201,11 @@ def test_four_steps_end_to_end_with_a_kill_in_finetuning(data_dir, tmp_path, mon
   # mode=evaluate on the finished workdir reproduces the numbers.
   again = train.evaluate_workdir(config, workdir)
   assert again["models"]["student"]["miou"] == pytest.approx(models["student"]["miou"])
+
+
+def test_weights_from_counts_by_hand():
+  # freq = (0.5, 0.25, 0.25, 0); median of seen = 0.25 -> (0.5, 1, 1) ** 0.5, unseen = max.
+  w = train_teacher.weights_from_counts(np.array([50, 25, 25, 0]), 0.5)
+  raw = np.array([np.sqrt(0.5), 1.0, 1.0])
+  np.testing.assert_allclose(w[:3], raw / raw.mean(), rtol=1e-6)
+  assert w[3] == pytest.approx(w[:3].max())
