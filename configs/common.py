@@ -78,17 +78,6 @@ def teacher_config(task, dataset, train_split, eval_split, *, width_multiplier, 
   return c
 
 
-def shrink_amalgamation(c):
-  """Seconds-long variant of an amalgamation config, for tests."""
-  c.block.num_steps = 4
-  c.finetune.num_steps = 4
-  c.batch_size = 8
-  c.eval_batch_size = 8
-  c.log_every = 2
-  c.checkpoint_every = 2
-  c.input.num_threads = 1
-
-
 def rooms_teacher(task, arg=None):
   """Teacher on synthetic rooms (96x128, width 1/8: ~2.3 min on 2 CPU cores)."""
   split = {"seg": "teacher_seg", "depth": "teacher_depth", "normals": "teacher_depth"}[task]
