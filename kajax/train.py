@@ -104,19 +104,25 @@ def _teacher_class_weights(config: ml_collections.ConfigDict,
   if config.loss.get("seg_class_weighting", "none") == "none" or "seg" not in loaded:
     return None
   teacher = loaded["seg"]
-  forward = jax.jit(lambda v, x: jnp.argmax(teacher.module.apply(v, x, train=False)[0], -1))
+  c = teacher.info.num_outputs
+
+  @jax.jit
+  def class_counts(variables, batch):
+    # Counted on device: the result is small and replicated, so every host can read it.
+    pred = jnp.argmax(teacher.module.apply(variables, batch["image"], train=False)[0], -1)
+    pred = jnp.where(batch["mask"][:, None, None], pred, c)  # padding -> an extra bin
+    return jnp.bincount(pred.reshape(-1), length=c + 1)[:c]
+
   source = data_sources.open_split(config.dataset, data_dir, config.unlabeled_split)
-  counts = np.zeros(teacher.info.num_outputs, np.int64)
+  counts = np.zeros(c, np.int64)
   variables = parallel.replicate(teacher.variables, mesh)
-  seen = 0
   for local in input_pipeline.make_eval_iterator(source, config.input,
                                                  global_batch_size=config.eval_batch_size,
                                                  images_only=True):
-    pred = np.asarray(jax.device_get(forward(variables, parallel.global_batch(local, mesh)[
-        "image"])))[np.asarray(local["mask"])]
-    counts += np.bincount(pred.reshape(-1), minlength=len(counts))
-    seen += int(np.sum(local["mask"]))
-    if seen >= config.loss.class_weight_images:
+    counts += np.asarray(jax.device_get(class_counts(variables,
+                                                     parallel.global_batch(local, mesh))))
+    # Images seen so far, from the global counts: the same number on every host.
+    if counts.sum() // np.prod(local["image"].shape[1:3]) >= config.loss.class_weight_images:
       break
   return train_teacher.weights_from_counts(counts, 0.5)
 
