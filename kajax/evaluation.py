@@ -3,7 +3,7 @@
 Works for a single teacher and for the multi-task student alike: a model is a function from a
 normalised image batch to ``{task: raw output}``; ``kajax.tasks.readout`` turns outputs into
 predictions, and metric sums are accumulated over the whole split (padding examples of the
-last batch are masked out by invalidating their targets).
+last batch are masked out).
 """
 
 from __future__ import annotations
@@ -11,19 +11,8 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 
 import jax
-import jax.numpy as jnp
 
 from kajax import input_pipeline, metrics, parallel, tasks
-
-# Value that marks a target pixel as invalid, per task (void label, zero depth/normal).
-_INVALID = {"seg": 255, "depth": 0.0, "normals": 0.0}
-
-
-def _mask_targets(task: str, target: jax.Array, mask: jax.Array) -> jax.Array:
-  """Invalidates every pixel of padding examples (mask False) so metrics ignore them."""
-  m = mask.reshape(mask.shape + (1,) * (target.ndim - 1))
-  return jnp.where(m, target, jnp.asarray(_INVALID[task], target.dtype))
-
 
 def evaluate(model_fn: Callable[[Any, jax.Array], Mapping[str, jax.Array]], variables: Any,
              task_extras: Mapping[str, Mapping[str, Any]], source: Any, input_config: Any,
@@ -54,8 +43,9 @@ def evaluate(model_fn: Callable[[Any, jax.Array], Mapping[str, jax.Array]], vari
     new = {}
     for t in task_list:
       pred = tasks.readout(t, outputs[t], task_extras[t])
-      target = _mask_targets(t, batch[tasks.TARGET_KEY[t]], batch["mask"])
-      new[t] = metrics.update_sums(t, sums[t], pred, target)
+      # mask: padding examples of the last batch count for nothing.
+      new[t] = metrics.update_sums(t, sums[t], pred, batch[tasks.TARGET_KEY[t]],
+                                   mask=batch["mask"])
     return new
 
   for local in input_pipeline.make_eval_iterator(source, input_config,

@@ -24,11 +24,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kajax import segnet
+from kajax import segnet, tasks
 
 INFO_FILE = "teacher.json"
 VARIABLES_DIR = "variables"
-TASKS = ("seg", "depth", "normals")
+TASKS = tasks.TASKS  # the tasks a teacher can have
 # Input used only to derive the expected variable shapes; SegNet's shapes do not depend on it.
 _SHAPE_PROBE = (1, 64, 64, 3)
 

@@ -59,7 +59,7 @@ def load_teachers(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
   """Loads one teacher per task of ``config.tasks``; checks tasks and splicing geometry."""
   loaded = {}
   for task in config.tasks:
-    tasks.check_task(task, f"--config.tasks entry")
+    tasks.check_task(task, "--config.tasks entry")
     path = teacher_dir(config, task, workdir)
     module, variables, info = teacher_io.load_teacher(path)
     if info.task != task:
