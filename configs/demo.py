@@ -11,18 +11,20 @@ batch 8 (~5.5 min; a step's time is proportional to its batch on a CPU, so small
 more updates for the same images).
 """
 
-import common
+from kajax import config_blocks
 
 
 def get_config(arg=None):
+  args = config_blocks.parse_arg(arg, ("tiny", "seed"))
   tasks = ("seg", "depth")
-  c = common.amalgamation_config(
+  c = config_blocks.amalgamation_config(
       tasks, "synthetic_rooms/small", unlabeled_split="unlabeled",
       branch_split="validation", test_split="test", block_steps=300, finetune_steps=1000,
-      batch_size=8, learning_rate=5e-4, input_cfg=common.input_config(scale_range=(1.0, 1.25)))
+      batch_size=8, learning_rate=5e-4,
+      input_cfg=config_blocks.input_config(scale_range=(1.0, 1.25)))
   for t in tasks:
-    c.teachers[t].train_config = common.rooms_teacher(t, arg)
-  if arg == "tiny":
+    c.teachers[t].train_config = config_blocks.rooms_teacher(t, args)
+  if args.tiny:
     c.dataset = "synthetic_rooms/tiny"
-    common.shrink_amalgamation(c)
-  return c
+    config_blocks.shrink_amalgamation(c)
+  return config_blocks.apply_common_args(c, args)

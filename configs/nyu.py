@@ -1,4 +1,4 @@
-"""Amalgamating NYUv2 parsing and depth teachers (the KamalEngine recipe, design.md §1).
+"""Amalgamating NYUv2 parsing and depth teachers (the KamalEngine recipe, docs/method.md §1).
 
 Teachers: directories from `python -m kajax.convert_torch` (or `configs/teacher_nyu_*.py`).
 Student: Adam 1e-4, wd 1e-4, cosine, batch 16, 5,000 block-wise + 5,000 fine-tuning steps
@@ -9,20 +9,21 @@ branch search on a held-out tenth of train; evaluated on the 654 test images at 
       --config.teachers.seg.dir=/path/seg_teacher --config.teachers.depth.dir=/path/depth_teacher
 """
 
-import common
+from kajax import config_blocks
 
 
 def get_config(arg=None):
-  c = common.amalgamation_config(
+  args = config_blocks.parse_arg(arg, ("tiny", "seed", "res"))
+  c = config_blocks.amalgamation_config(
       ("seg", "depth"), "nyuv2/labeled_mat", unlabeled_split="train[:90%]",
       branch_split="train[90%:]", test_split="test", block_steps=5000, finetune_steps=5000,
       batch_size=16, learning_rate=1e-4,
-      input_cfg=common.input_config(image_size=(240, 320), crop_size=(240, 240),
+      input_cfg=config_blocks.input_config(image_size=(240, 320), crop_size=(240, 240),
                                     color_jitter=(0.0, 0.0, 0.0)))
   c.checkpoint_every = 500
   c.log_every = 50
-  if arg == "tiny":
+  if args.tiny:
     c.dataset = "nyuv2/mtan_npy"
-    common.shrink_amalgamation(c)
+    config_blocks.shrink_amalgamation(c)
     c.input.image_size, c.input.crop_size = (64, 96), (64, 64)
-  return c
+  return config_blocks.apply_common_args(c, args)

@@ -1,12 +1,13 @@
 """Monocular depth teacher (metres, L1 over valid pixels) on NYUv2.
 
-The KamalEngine recipe (``common.nyu_teacher``). Build the data first:
+The KamalEngine recipe (``kajax.config_blocks.nyu_teacher``). Build the data first:
   python -m kajax.build_data --dataset=nyuv2/labeled_mat --manual_dir=DIR
   python -m kajax.main --config=configs/teacher_nyu_depth.py --workdir=DIR
 """
 
-import common
+from kajax import config_blocks
 
 
 def get_config(arg=None):
-  return common.nyu_teacher("depth", arg)
+  args = config_blocks.parse_arg(arg, ("tiny", "seed", "res"))
+  return config_blocks.nyu_teacher("depth", args)

@@ -3,8 +3,9 @@
   python -m kajax.main --config=configs/teacher_rooms_seg.py --workdir=/tmp/teacher_seg
 """
 
-import common
+from kajax import config_blocks
 
 
 def get_config(arg=None):
-  return common.rooms_teacher("seg", arg)
+  args = config_blocks.parse_arg(arg, ("tiny", "seed"))
+  return config_blocks.rooms_teacher("seg", args)

@@ -1,4 +1,4 @@
-"""The pure, compiled steps of amalgamation (design.md §1 "Four steps", §3 "Pure functions").
+"""The pure, compiled steps of amalgamation (docs/method.md §1 "Four steps", §3 "Pure functions").
 
 Every step has the signature ``step(state, teachers, batch, rng) -> (state, metrics)`` once
 its static parts (modules, losses, optimiser) are bound with ``functools.partial``, and is
@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from kajax import losses, optim, segnet, student, tasks
+from kajax import losses, optim, segnet, student_model, tasks
 
 # ℓ_t(student raw output, teacher raw output) -> scalar mean over all pixels of the batch.
 ProjectionFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -89,7 +89,7 @@ def block_train_step(state: optim.TrainState, teachers: Mapping[str, Any],
         mutable=["batch_stats"])
     per_task = []
     for i, (t, module, fn) in enumerate(zip(task_names, teacher_modules, projection_fns)):
-      out = student.switch_tail(i, ks[i], gated, indices, module, teachers[t])
+      out = student_model.switch_tail(i, ks[i], gated, indices, module, teachers[t])
       per_task.append(fn(out, targets[t]))
     total = sum(lam * l for lam, l in zip(lambdas, per_task))
     return total, (mutated["batch_stats"], per_task)
@@ -122,7 +122,7 @@ def branch_losses(trunk_variables: Any, teachers: Mapping[str, Any],
     per_image = lambda s, y: fn(s[None], y[None])  # noqa: E731  (mean over one image)
     row = []
     for k in range(segnet.NUM_BRANCH_POINTS):
-      out = student.teacher_tail(module, teachers[t], gated[i][k], indices, k)
+      out = student_model.teacher_tail(module, teachers[t], gated[i][k], indices, k)
       row.append(jnp.sum(jax.vmap(per_image)(out, targets[t]) * mask))
     rows.append(jnp.stack(row))
   return jnp.stack(rows), jnp.sum(mask)

@@ -4,7 +4,7 @@ The table holds, for task t and candidate k (number of shared decoder blocks), t
 loss of the block-wise-trained student on held-out, *unaugmented* images (KamalEngine picks
 on augmented training images, a defect we do not repeat). The rule: k_t is the deepest k
 whose loss is within (1 + tau) of that task's minimum; tau = 0 is the argmin, the default
-tau = 0.1 buys a smaller student for at most 10% more loss (design.md §1).
+tau = 0.1 buys a smaller student for at most 10% more loss (docs/method.md §1).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Training checkpoints: Orbax ``CheckpointManager`` in ``WORKDIR/checkpoints``.
 
-One resume path (design.md §3): a killed run restarted with the same command restores the
+One resume path (docs/method.md §3): a killed run restarted with the same command restores the
 latest *finished* checkpoint and continues; it loses at most the steps since that save. Orbax
 writes each step into a temporary directory and renames it when complete, so a kill during a
 write leaves the previous checkpoint intact. A checkpoint holds two items:

@@ -1,6 +1,6 @@
 """Converts PyTorch SegNet checkpoints into kajax teacher directories.
 
-Two PyTorch layouts of the same network (design.md section 1) are recognised from their keys:
+Two PyTorch layouts of the same network (docs/method.md §1) are recognised from their keys:
 
 * ``kamalengine`` (zju-vipa/KamalEngine): ``down1.layers.0.0.weight`` is a conv and
   ``down1.layers.0.1.*`` its BatchNorm; ``up1`` has no BatchNorm and a raw last conv
@@ -32,7 +32,7 @@ import jax
 import numpy as np
 
 from kajax import segnet
-from kajax import teacher_io
+from kajax import teacher_files
 
 LAYOUT_HEADS = {"kamalengine": "conv", "semseg": "conv_bn_relu"}
 _WRAPPER_KEYS = ("model_state", "state_dict", "model")
@@ -254,7 +254,7 @@ def convert_state_dict(sd: Mapping[str, Any], num_outputs: int, arch: str | None
   if width_multiplier is None:
     width_multiplier = detect_width_multiplier(sd, layout)
   module = segnet.SegNet(num_outputs, arch, width_multiplier, head)
-  expected = teacher_io.expected_shapes(module)
+  expected = teacher_files.expected_shapes(module)
 
   def name_of(path):  # ('down1', 'layer0', 'conv', 'kernel') -> torch key
     block, layer, mod, leaf = path
@@ -312,7 +312,7 @@ def convert_vgg16_bn_imagenet(sd: Mapping[str, Any]) -> dict[str, Any]:
   sd = {(k[len("module."):] if k.startswith("module.") else k): _to_numpy(v)
         for k, v in sd.items()}
   module = segnet.SegNet(1, "segnet_vgg16_bn", 1.0, "conv")
-  full = teacher_io.expected_shapes(module)
+  full = teacher_files.expected_shapes(module)
   expected = {col: {b: full[col][b] for b in segnet.ENCODER_BLOCKS}
               for col in ("params", "batch_stats")}
   first_conv = np.cumsum((0,) + segnet.ARCH_CONVS["segnet_vgg16_bn"])
@@ -345,7 +345,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                       help=".pth/.pt/.pkl written by torch.save, or .npz of named arrays")
   parser.add_argument("--num_outputs", required=True, type=int,
                       help="output channels: classes for seg, 1 for depth, 3 for normals")
-  parser.add_argument("--task", required=True, choices=teacher_io.TASKS)
+  parser.add_argument("--task", required=True, choices=teacher_files.TASKS)
   parser.add_argument("--output_dir", required=True, help="teacher directory to create")
   parser.add_argument("--overwrite", action="store_true",
                       help="replace an existing non-empty --output_dir")
@@ -368,13 +368,13 @@ def main(argv: list[str] | None = None) -> int:
   except ConversionError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  info = teacher_io.TeacherInfo(
+  info = teacher_files.TeacherInfo(
       task=args.task, num_outputs=args.num_outputs, arch=module.arch, head=module.head,
       width_multiplier=float(module.width_multiplier),
       params=segnet.count_params(variables["params"]),
       source=os.path.abspath(args.checkpoint), source_sha256=_sha256(args.checkpoint))
   try:
-    teacher_io.save_teacher(out, variables, info, overwrite=args.overwrite)
+    teacher_files.save_teacher(out, variables, info, overwrite=args.overwrite)
   except (FileExistsError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

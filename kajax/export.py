@@ -17,13 +17,13 @@ from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
-from kajax import segnet, student, teacher_io
+from kajax import segnet, student_model, student_spec, teacher_files
 
 INFO_FILE = "student.json"
 VARIABLES_DIR = "variables"
 
 
-def save_student(out_dir: str, spec: student.StudentSpec, branch_points: Sequence[int],
+def save_student(out_dir: str, spec: student_spec.StudentSpec, branch_points: Sequence[int],
                  variables: Any, extras: Mapping[str, Mapping[str, Any]]) -> str:
   """Writes the student directory atomically (temporary sibling, then rename)."""
   out_dir = os.path.abspath(out_dir)
@@ -42,7 +42,7 @@ def save_student(out_dir: str, spec: student.StudentSpec, branch_points: Sequenc
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=".student-", dir=parent)
   try:
-    checkpointer = teacher_io.process_local_checkpointer()  # Process 0 writes alone.
+    checkpointer = teacher_files.process_local_checkpointer()  # Process 0 writes alone.
     checkpointer.save(os.path.join(tmp, VARIABLES_DIR), variables)
     checkpointer.wait_until_finished()
     checkpointer.close()
@@ -57,7 +57,7 @@ def save_student(out_dir: str, spec: student.StudentSpec, branch_points: Sequenc
   return out_dir
 
 
-def load_student(student_dir: str) -> tuple[student.Student, Any, dict[str, Any]]:
+def load_student(student_dir: str) -> tuple[student_model.Student, Any, dict[str, Any]]:
   """Loads a student directory. Returns (module, variables, info)."""
   info_path = os.path.join(student_dir, INFO_FILE)
   if not os.path.isfile(info_path):
@@ -65,11 +65,11 @@ def load_student(student_dir: str) -> tuple[student.Student, Any, dict[str, Any]
                             "); point at WORKDIR/student of a finished amalgamation run.")
   with open(info_path) as f:
     info = json.load(f)
-  spec = student.StudentSpec(tuple(info["tasks"]), tuple(info["num_outputs"]),
+  spec = student_spec.StudentSpec(tuple(info["tasks"]), tuple(info["num_outputs"]),
                              tuple(info["heads"]), info["arch"], info["width_multiplier"],
                              info["gate_form"], info["trunk_task"])
-  module = student.Student(spec, tuple(info["branch_points"]))
-  checkpointer = teacher_io.process_local_checkpointer()
+  module = student_model.Student(spec, tuple(info["branch_points"]))
+  checkpointer = teacher_files.process_local_checkpointer()
   variables = checkpointer.restore(os.path.abspath(os.path.join(student_dir, VARIABLES_DIR)))
   checkpointer.close()
   return module, variables, info

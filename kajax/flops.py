@@ -1,6 +1,6 @@
 """FLOPs of a network for one image, from XLA's own cost analysis.
 
-Used to report the deployable student next to its teachers (design.md section 1, step 4).
+Used to report the deployable student next to its teachers (docs/method.md §1, step 4).
 The count is what XLA's compiled HLO performs: a multiply-add counts as 2 FLOPs, taps that fall
 on a convolution's zero padding are not counted (measured on CPU: a 3x3 conv on HxW costs
 2*Cin*Cout*(3H-2)*(3W-2)), and elementwise work (BatchNorm, ReLU, pooling, the gates) is

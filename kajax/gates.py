@@ -1,4 +1,4 @@
-"""The per-task channel gate a_t^k of the student (design.md section 1, "Student").
+"""The per-task channel gate a_t^k of the student (docs/method.md §1, "Student").
 
 After its branch point k, task t rescales the shared feature f_k channel by channel before its
 own decoder blocks run: global average pool over H,W -> 1x1 conv C->max(16, C//4) (no bias)

@@ -2,11 +2,11 @@
 
 Every loss is a pure JAX function that returns a scalar averaged over *every* valid pixel of
 *every* image in the batch -- one pooled mean, never a mean of per-image means and never the
-first image only (KamalEngine's losses used one image per batch; design.md section 1).
+first image only (KamalEngine's losses used one image per batch; docs/method.md §1).
 
 Supervised losses take labels with invalid pixels (seg id outside [0, C) or == ignore_label,
 depth outside (1e-3, 10] metres, normals == (0,0,0)) and ignore them; a batch with no valid
-pixel gives 0, not NaN. Projection losses (design.md section 1, "Projection loss") compare the
+pixel gives 0, not NaN. Projection losses (docs/method.md §1, "Projection loss") compare the
 student's output Y_hat with the frozen teacher's output Y on the same unlabelled image over all
 pixels; the teacher side is wrapped in ``stop_gradient``.
 

@@ -1,4 +1,4 @@
-"""Command line entry point: flags only; the work is in ``train_teacher`` and ``train``.
+"""Command line entry point: flags only; the work is in ``train_teacher`` and ``amalgamate``.
 
   python -m kajax.main --config=configs/demo.py --workdir=/tmp/kajax_demo
   python -m kajax.main --config=configs/teacher_rooms_seg.py --workdir=DIR [--config.x=y]
@@ -12,16 +12,9 @@
 from __future__ import annotations
 
 import os
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
-
-# Config files may import their sibling ``common.py``: make their folder importable before
-# the --config flag is parsed (config_flags loads the file at parse time).
-for _arg in sys.argv[1:]:
-  if _arg.startswith("--config="):
-    sys.path.insert(0, os.path.dirname(os.path.abspath(_arg.split("=", 1)[1].split(":")[0])))
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config "
                                           "file (optionally FILE:ARG, e.g. :tiny).",
@@ -50,11 +43,11 @@ def main(argv):
     from kajax import train_teacher
     train_teacher.train_and_evaluate(config, workdir)
   elif mode == "amalgamate":
-    from kajax import train
-    train.train_and_evaluate(config, workdir)
+    from kajax import amalgamate
+    amalgamate.train_and_evaluate(config, workdir)
   elif mode == "evaluate":
-    from kajax import train
-    train.evaluate_workdir(config, workdir)
+    from kajax import amalgamate
+    amalgamate.evaluate_workdir(config, workdir)
   else:
     raise app.UsageError(f"--config.mode={mode!r}: choose one of {MODES}.")
 

@@ -20,7 +20,7 @@ _SCHEDULES = ("cosine", "constant")
 
 @flax.struct.dataclass
 class TrainState:
-  """Everything a training step updates. Teachers are never part of it (design.md §3)."""
+  """Everything a training step updates. Teachers are never part of it (docs/method.md §3)."""
   step: jax.Array
   params: Any
   batch_stats: Any
@@ -41,7 +41,7 @@ def learning_rate_schedule(opt_config: Any, num_steps: int) -> optax.Schedule:
   if schedule == "constant":
     main = optax.constant_schedule(lr)
   else:
-    # Decay the rate: under a constant rate evaluations jump between checkpoints (design §5).
+    # Decay the rate: under a constant rate evaluations jump between checkpoints (docs/method.md §4).
     main = optax.cosine_decay_schedule(lr, max(1, num_steps - warmup))
   if warmup <= 0:
     return main

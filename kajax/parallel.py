@@ -1,4 +1,4 @@
-"""Device mesh and shardings for data-parallel training (design.md section 3).
+"""Device mesh and shardings for data-parallel training (docs/method.md §3).
 
 One mesh axis, ``data``, spans every device of every process. Batches are split along it,
 parameters and teachers are replicated. Under ``jax.jit`` BatchNorm statistics computed over

@@ -1,6 +1,6 @@
 """SegNet with a VGG-BN encoder, in Flax Linen (NHWC throughout).
 
-The teacher architecture of *Student Becoming the Master* (design.md section 1): encoder blocks
+The teacher architecture of *Student Becoming the Master* (docs/method.md §1): encoder blocks
 ``down1..down5`` of 3x3 conv + BN + ReLU layers, each ending in a 2x2/2 max-pool that returns
 its argmax; decoder blocks ``up5..up1`` that max-unpool with the matching indices and mirror
 the encoder's convolutions. Blocks are separate modules with stable names so that the student
@@ -39,7 +39,7 @@ NUM_BRANCH_POINTS = 5
 # 'conv_bn_relu': every layer conv+BN+ReLU, the last one too (pytorch-semseg / 2019 layout).
 HEADS = ("conv", "conv_bn_relu")
 # PyTorch's BatchNorm defaults (momentum 0.1 there = 0.9 here). Flax's default 0.99 makes
-# early evaluations wrong on short runs (design.md section 5).
+# early evaluations wrong on short runs (docs/method.md §4).
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 

@@ -93,7 +93,7 @@ def spec_from_teachers(tasks: Sequence[str], teachers: Sequence[Any] | Mapping[s
   Args:
     tasks: task names, in the student's order.
     teachers: per task (a sequence aligned with ``tasks`` or a mapping task -> teacher), a
-      ``kajax.teacher_io.TeacherInfo`` or a ``kajax.segnet.SegNet``: anything with
+      ``kajax.teacher_files.TeacherInfo`` or a ``kajax.segnet.SegNet``: anything with
       ``num_outputs``, ``arch``, ``width_multiplier`` and ``head`` attributes.
     gate_form: 'identity' or 'port'.
     trunk_task: see :class:`StudentSpec`.

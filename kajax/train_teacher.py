@@ -2,7 +2,7 @@
 
 ``python -m kajax.main --config=configs/teacher_rooms_seg.py --workdir=DIR`` trains, evaluates
 and exports the teacher in exactly the format of a converted PyTorch teacher
-(``kajax.teacher_io``), so JAX-trained and torch-converted teachers are interchangeable.
+(``kajax.teacher_files``), so JAX-trained and torch-converted teachers are interchangeable.
 A killed run restarted with the same command resumes from the last checkpoint.
 """
 
@@ -20,8 +20,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from kajax import (checkpointing, data_sources, evaluation, input_pipeline, loop, losses,
-                   optim, parallel, reporting, segnet, tasks, teacher_io)
+from kajax import (checkpointing, data_sources, evaluation, input_pipeline, losses, optim,
+                   parallel, segnet, tasks, teacher_files, training_logs, training_loop)
 
 
 def build_model(config: ml_collections.ConfigDict) -> segnet.SegNet:
@@ -77,7 +77,7 @@ def median_frequency_weights(source: Any, num_classes: int, power: float,
                              max_examples: int = 200) -> np.ndarray:
   """Class weights (median frequency / frequency) ** power from the training labels.
 
-  Eigen & Fergus (2015) median-frequency balancing; power 0.5 softens it (design.md §5
+  Eigen & Fergus (2015) median-frequency balancing; power 0.5 softens it (docs/method.md §4
   measured +0.08 mIoU on synthetic rooms).
   """
   counts = np.zeros(num_classes, np.int64)
@@ -142,12 +142,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   jitted = jax.jit(functools.partial(teacher_train_step, model=model,
                                      loss_fn=make_loss_fn(config, class_weights), tx=tx),
                    donate_argnums=(0,))
-  writer = reporting.Writer(workdir)
+  writer = training_logs.Writer(workdir)
   t0 = time.time()
-  state = loop.run(f"teacher_{config.task}",
+  state = training_loop.run(f"teacher_{config.task}",
                    lambda s, b: jitted(s, b, jax.random.fold_in(step_rng, s.step)),
                    state, train_iter, mesh,
-                   loop.LoopConfig(config.num_steps, config.log_every, config.checkpoint_every),
+                   training_loop.LoopConfig(config.num_steps, config.log_every, config.checkpoint_every),
                    ckpt, writer)
   ckpt.close()
   train_seconds = time.time() - t0
@@ -184,11 +184,11 @@ def export_teacher(config: ml_collections.ConfigDict, state: optim.TrainState,
   out_dir = config.get("export_dir") or os.path.join(workdir, "teacher")
   variables = jax.device_get(state.variables)
   m = config.model
-  info = teacher_io.TeacherInfo(
+  info = teacher_files.TeacherInfo(
       task=config.task, num_outputs=m.num_outputs, arch=m.arch, head=m.head,
       width_multiplier=m.width_multiplier, params=segnet.count_params(variables["params"]),
       source=f"kajax teacher training ({config.dataset}:{config.train_split}, "
              f"{config.num_steps} steps)", source_sha256=None, extra=teacher_extra(config))
   if jax.process_index() == 0:
-    teacher_io.save_teacher(out_dir, variables, info, overwrite=True)
+    teacher_files.save_teacher(out_dir, variables, info, overwrite=True)
   return out_dir

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kajax import segnet, teacher_io
+from kajax import segnet, teacher_files
 
 
 def random_variables(module, seed, probe=(1, 64, 64, 3)):
@@ -33,7 +33,7 @@ def make_teacher(task, num_outputs, seed, width=1 / 16):
   """(module, variables, TeacherInfo) of a random teacher."""
   module = segnet.SegNet(num_outputs, width_multiplier=width)
   variables = random_variables(module, seed)
-  info = teacher_io.TeacherInfo(task=task, num_outputs=num_outputs, arch=module.arch,
+  info = teacher_files.TeacherInfo(task=task, num_outputs=num_outputs, arch=module.arch,
                                 head=module.head, width_multiplier=width,
                                 params=segnet.count_params(variables["params"]),
                                 source="random test teacher")
@@ -43,5 +43,5 @@ def make_teacher(task, num_outputs, seed, width=1 / 16):
 def save_random_teacher(directory, task, num_outputs, seed, width=1 / 16):
   """Writes a random teacher directory; returns (module, variables, info)."""
   module, variables, info = make_teacher(task, num_outputs, seed, width)
-  teacher_io.save_teacher(directory, variables, info)
+  teacher_files.save_teacher(directory, variables, info)
   return module, variables, info

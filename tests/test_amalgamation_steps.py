@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from kajax import amalgamation_steps as steps
-from kajax import optim, parallel, student
+from kajax import optim, parallel, student_init, student_model, student_spec
 from tests import fakes
 
 TASKS = ("seg", "depth")
@@ -34,8 +34,8 @@ def setup():
   depth = fakes.make_teacher("depth", 1, 1)
   modules = (seg[0], depth[0])
   teacher_vars = {"seg": seg[1], "depth": depth[1]}
-  spec = student.spec_from_teachers(TASKS, {"seg": seg[2], "depth": depth[2]})
-  trunk_vars = student.init_trunk_from_teachers(spec, teacher_vars, jax.random.key(0))
+  spec = student_spec.spec_from_teachers(TASKS, {"seg": seg[2], "depth": depth[2]})
+  trunk_vars = student_init.init_trunk_from_teachers(spec, teacher_vars, jax.random.key(0))
   fns = tuple(steps.make_projection_fn(t, k, {}) for t, k in zip(TASKS, ("kl", "l1")))
   images = np.random.default_rng(0).standard_normal(BATCH).astype(np.float32)
   s = dict(modules=modules, teacher_vars=teacher_vars, spec=spec, trunk_vars=trunk_vars,
@@ -48,7 +48,7 @@ def setup():
 
 def _block_step(s, num_steps=10, schedule="random"):
   tx = optim.make_optimizer(_Cfg(OPT), num_steps)
-  fn = functools.partial(steps.block_train_step, trunk=student.StudentTrunk(s["spec"]),
+  fn = functools.partial(steps.block_train_step, trunk=student_model.StudentTrunk(s["spec"]),
                          teacher_modules=s["modules"], task_names=TASKS,
                          projection_fns=s["fns"], lambdas=(1.0, 1.0), tx=tx,
                          num_steps=num_steps, schedule=schedule)
@@ -102,12 +102,12 @@ def test_selected_path_equals_direct_forward(setup):
   rng = jax.random.key(7)
   _, metrics = s["block_jit"](state, s["teacher_vars"], {"image": s["images"]}, rng)
   # Direct composition at the drawn ks, without lax.switch.
-  trunk = student.StudentTrunk(s["spec"])
+  trunk = student_model.StudentTrunk(s["spec"])
   (gated, indices), _ = trunk.apply(s["trunk_vars"], s["images"], train=True,
                                     mutable=["batch_stats"])
   for i, (t, module, fn_t) in enumerate(zip(TASKS, s["modules"], s["fns"])):
     k = int(metrics[f"k_{t}"])
-    direct = student.teacher_tail(module, s["teacher_vars"][t], gated[i][k], indices, k)
+    direct = student_model.teacher_tail(module, s["teacher_vars"][t], gated[i][k], indices, k)
     target = module.apply(s["teacher_vars"][t], s["images"], train=False)[0]
     np.testing.assert_allclose(float(metrics[f"loss_{t}"]), float(fn_t(direct, target)),
                                rtol=1e-5, atol=1e-6)
@@ -157,12 +157,12 @@ def test_multi_device_and_single_device_steps_agree(setup):
 def test_branch_losses_match_per_image_reference_and_ignore_padding(setup):
   s = setup
   mask = np.array([True] * 6 + [False] * 2)
-  fn = jax.jit(functools.partial(steps.branch_losses, trunk=student.StudentTrunk(s["spec"]),
+  fn = jax.jit(functools.partial(steps.branch_losses, trunk=student_model.StudentTrunk(s["spec"]),
                                  teacher_modules=s["modules"], task_names=TASKS,
                                  projection_fns=s["fns"]))
   table, count = fn(s["trunk_vars"], s["teacher_vars"], {"image": s["images"], "mask": mask})
   assert float(count) == 6
-  trunk = student.StudentTrunk(s["spec"])
+  trunk = student_model.StudentTrunk(s["spec"])
   expected = np.zeros((2, 5))
   for n in range(6):  # padding images 6, 7 must not count
     image = s["images"][n:n + 1]
@@ -170,7 +170,7 @@ def test_branch_losses_match_per_image_reference_and_ignore_padding(setup):
     for i, (t, module) in enumerate(zip(TASKS, s["modules"])):
       target = module.apply(s["teacher_vars"][t], image, train=False)[0]
       for k in range(5):
-        out = student.teacher_tail(module, s["teacher_vars"][t], gated[i][k], indices, k)
+        out = student_model.teacher_tail(module, s["teacher_vars"][t], gated[i][k], indices, k)
         if t == "seg":  # KL(teacher || student), mean over pixels, written out in NumPy
           p = np.asarray(jax.nn.softmax(target, -1))
           logq = np.asarray(jax.nn.log_softmax(out, -1))
@@ -185,8 +185,8 @@ def test_branch_losses_match_per_image_reference_and_ignore_padding(setup):
 def test_finetune_step_compiles_once_and_trains_everything(setup):
   s = setup
   points = (1, 3)
-  model = student.Student(s["spec"], points)
-  variables = student.init_student_from_teachers(s["spec"], points, s["teacher_vars"],
+  model = student_model.Student(s["spec"], points)
+  variables = student_init.init_student_from_teachers(s["spec"], points, s["teacher_vars"],
                                                  trunk_variables=s["trunk_vars"],
                                                  rng=jax.random.key(0))
   tx = optim.make_optimizer(_Cfg(OPT), 10)

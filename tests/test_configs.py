@@ -4,19 +4,16 @@ keys, and the teacher configs agree with the data their amalgamation configs rea
 import glob
 import importlib.util
 import os
-import sys
 
 import pytest
 
 from kajax import input_pipeline, losses, tasks
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
-CONFIG_FILES = sorted(p for p in glob.glob(os.path.join(CONFIG_DIR, "*.py"))
-                      if not p.endswith("common.py"))
+CONFIG_FILES = sorted(glob.glob(os.path.join(CONFIG_DIR, "*.py")))
 
 
 def _load(path):
-  sys.path.insert(0, CONFIG_DIR)
   spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -47,3 +44,30 @@ def test_config_is_consistent(path, arg):
     if cfg.mode == "teacher":
       losses.supervised_loss(cfg.task, cfg.loss)
     assert cfg.batch_size % 8 == 0 or arg is None  # tiny runs split over 8 test devices
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=os.path.basename)
+@pytest.mark.parametrize("arg", ["tyni", "bogus=1", "tiny,typo"])
+def test_unknown_config_arguments_are_refused_naming_the_choices(path, arg):
+  with pytest.raises(ValueError, match="accepts: tiny .*seed") as e:
+    _load(path).get_config(arg)
+  assert repr(arg.split(",")[-1]) in str(e.value)
+
+
+@pytest.mark.parametrize("arg", ["tiny,tiny", "seed=x", "tiny=1", "seed"])
+def test_malformed_config_arguments_are_refused(arg):
+  with pytest.raises(ValueError, match="Config argument"):
+    _load(os.path.join(CONFIG_DIR, "demo.py")).get_config(arg)
+
+
+def test_seed_and_resolution_arguments():
+  configs = {os.path.basename(p): _load(p) for p in CONFIG_FILES}
+  demo = configs["demo.py"].get_config("tiny,seed=7")
+  assert demo.seed == 7 and demo.dataset == "synthetic_rooms/tiny"
+  assert all(demo.teachers[t].train_config.seed == 7 for t in demo.tasks)
+  nyu = configs["nyu.py"].get_config("res=120x160")
+  assert tuple(nyu.input.image_size) == (120, 160) and tuple(nyu.input.crop_size) == (120, 120)
+  with pytest.raises(ValueError, match="res"):
+    configs["demo.py"].get_config("res=120x160")  # the demo's data has one resolution
+  with pytest.raises(ValueError, match="at least 32"):
+    configs["nyu.py"].get_config("res=16x160")

@@ -11,7 +11,7 @@ import pytest
 
 from kajax import convert_torch
 from kajax import segnet
-from kajax import teacher_io
+from kajax import teacher_files
 
 torch = pytest.importorskip("torch", reason="converting .pth files needs torch")
 torch.set_num_threads(1)
@@ -171,7 +171,7 @@ def test_cli_round_trip(tmp_path, capsys, layout, wrap, name):
   summary = capsys.readouterr().out
   assert layout in summary and "segnet_vgg16_bn" in summary and str(out_dir) in summary
 
-  module, variables, info = teacher_io.load_teacher(out_dir)
+  module, variables, info = teacher_files.load_teacher(out_dir)
   assert (info.task, info.num_outputs, info.arch) == ("seg", 13, "segnet_vgg16_bn")
   assert info.head == convert_torch.LAYOUT_HEADS[layout]
   assert info.width_multiplier == 0.125

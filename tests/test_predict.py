@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from kajax import export, predict, visualize
-from kajax.student import init_student_from_teachers, spec_from_teachers
+from kajax.student_init import init_student_from_teachers
+from kajax.student_spec import spec_from_teachers
 from tests import fakes
 
 BRANCH_POINTS = (1, 2)

@@ -20,7 +20,7 @@ def _flax_params(num_outputs, arch="segnet_vgg16_bn", width=1.0, head="conv"):
 
 @pytest.mark.parametrize("num_outputs,expected", [(13, 29_450_381), (1, 29_443_457)])
 def test_vgg16_param_counts_match_design_and_torch(num_outputs, expected):
-  # design.md section 1: 29,450,381 / 29,443,457 trainable parameters for C = 13 / 1.
+  # docs/method.md §1: 29,450,381 / 29,443,457 trainable parameters for C = 13 / 1.
   shapes = _flax_params(num_outputs)
   assert segnet.count_params(shapes["params"]) == expected
   torch_model = torch_segnet.TorchSegNet(num_outputs, layout="kamalengine")

@@ -18,16 +18,17 @@ from kajax import flops, segnet
 from tests import fakes
 from kajax.gates import ChannelGate
 from kajax.segnet import DECODER_BLOCKS, SegNet
-from kajax.student import (Student, StudentSpec, StudentTrunk, count_student_params,
-                           init_student_from_teachers, init_trunk_from_teachers,
-                           spec_from_teachers, switch_tail, tail_for_branch_points,
-                           teacher_tail, variable_shapes)
+from kajax.student_init import (count_student_params, init_student_from_teachers,
+                                init_trunk_from_teachers, variable_shapes)
+from kajax.student_model import (Student, StudentTrunk, switch_tail, tail_for_branch_points,
+                                 teacher_tail)
+from kajax.student_spec import StudentSpec, spec_from_teachers
 
 WIDTH = 1 / 8
 IMAGE = (2, 64, 96, 3)
 TOL = dict(rtol=1e-5, atol=1e-5)
 
-# --- hand parameter counts (design.md section 1: VGG16-BN SegNet) ---------------------------
+# --- hand parameter counts (docs/method.md §1: VGG16-BN SegNet) ---------------------------
 VGG16_CONVS = (2, 2, 3, 3, 3)
 
 
@@ -235,7 +236,7 @@ def test_pruned_student_param_tree_and_count(teachers):
 
 def test_full_width_param_counts():
   assert encoder_params(FULL) + sum(decoder_block_params(l, FULL, 13) for l in range(5)) \
-      == 29_450_381  # design.md
+      == 29_450_381  # docs/method.md §1
   spec = StudentSpec(("seg", "depth"), (13, 1), ("conv", "conv"))
   teacher_total = sum(segnet.count_params(variable_shapes(spec.teacher_module(t))["params"])
                       for t in spec.tasks)

@@ -1,6 +1,6 @@
 """A PyTorch SegNet used only as the reference in tests (never imported by kajax).
 
-Written from the architecture description in design.md section 1, independently of
+Written from the architecture description in docs/method.md §1, independently of
 ``kajax.segnet``: VGG-BN encoder blocks down1..down5 of 3x3 conv(+bias)+BN+ReLU layers, each
 ending in ``MaxPool2d(2, 2, return_indices=True)``; decoder blocks up5..up1 that
 ``MaxUnpool2d(2, 2)`` to the pre-pool size and mirror the convs, the last conv of each block

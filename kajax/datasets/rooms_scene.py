@@ -4,11 +4,11 @@ World frame: metres, y up, the room is the box [0, Lx] x [0, Hr] x [0, Lz] (floo
 Every object is a box (centre, half sizes in its own frame, yaw about the world y axis);
 furniture is a composite of boxes built in a local frame (x along the wall / across, y up from
 the floor, +z = the front) and then placed with one yaw. Labels are the 13 NYUv2 classes
-(design.md section 2), ids 0..12 in the benchmark order.
+(docs/method.md §2), ids 0..12 in the benchmark order.
 
 Colours come from families (wood, white, beige, ...) shared between classes, so that colour
 alone does not give the class: with moderate overlap a small teacher learns shapes and context
-(design.md section 5). :mod:`kajax.datasets.rooms_render` ray casts the scene.
+(docs/method.md §4). :mod:`kajax.datasets.rooms_render` ray casts the scene.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ _FAMILY_KINDS = {
 }
 # Each class also has a signature colour range (HSV, texture kinds of a family), drawn with
 # probability SIGNATURE_WEIGHT, else a shared family above; this sets the colour overlap
-# (design.md section 5). Measured (96x128, 1000 images, a quick width-1/8 SegNet, 750 Adam
+# (docs/method.md §4). Measured (96x128, 1000 images, a quick width-1/8 SegNet, 750 Adam
 # steps): 0.21 mIoU with shared families only, 0.22-0.24 with 0.6 -- the scenes' clutter, not
 # colour, limits such a short run. Best colour-only lookup: 0.13 -> 0.21 mIoU. With the framed
 # camera (rooms_layout) and 500 steps: 0.25 at 0.85 and 0.22 at 0.95 (lookup 0.37 -> 0.45):

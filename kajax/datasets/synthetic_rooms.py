@@ -1,6 +1,6 @@
 """TFDS builder ``synthetic_rooms``: procedural furnished rooms with exact labels, depth, normals.
 
-kajax's embedded default data (design.md section 2): no download, deterministic, built without
+kajax's embedded default data (docs/method.md §2): no download, deterministic, built without
 TensorFlow into ``array_record`` files and read with ``tfds.data_source``::
 
   python -m kajax.build_data --dataset=synthetic_rooms/small --data_dir=DIR

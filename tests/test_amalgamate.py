@@ -1,4 +1,4 @@
-"""End-to-end tests of kajax.train (amalgamation) and kajax.train_teacher on synthetic rooms
+"""End-to-end tests of kajax.amalgamate (amalgamation) and kajax.train_teacher on synthetic rooms
 (tiny config, built once per session), with random tiny teachers: resume after a kill,
 config errors, the non-finite-loss stop, the full four-step run with its outputs."""
 
@@ -10,7 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from kajax import checkpointing, data_sources, export, input_pipeline, train, train_teacher
+from kajax import (amalgamate, checkpointing, data_sources, export, input_pipeline,
+                   train_teacher)
 from tests import fakes
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
@@ -90,15 +91,15 @@ def test_block_phase_resume_equals_uninterrupted(data_dir, tmp_path, monkeypatch
     workdir = str(tmp_path / name)
     _random_teachers(workdir)
     config = _amalgamation_config(data_dir, workdir)  # 4 block steps, checkpoint every 2
-    run = train.setup(config, workdir)
+    run = amalgamate.setup(config, workdir)
     if kill:
       with monkeypatch.context() as m:
-        _patch_kill(m, train, 2)
+        _patch_kill(m, amalgamate, 2)
         with pytest.raises(Killed):
-          train.block_phase(run)
+          amalgamate.block_phase(run)
       assert checkpointing.Checkpointer(os.path.join(workdir, "checkpoints", "block")
                                         ).latest_step() == 2
-    results.append(jax.device_get(train.block_phase(run)))  # the same command again
+    results.append(jax.device_get(amalgamate.block_phase(run)))  # the same command again
   _leaves_close(results[0], results[1], rtol=1e-5, atol=1e-6)
 
 
@@ -116,8 +117,8 @@ def test_teacher_training_resumes_after_a_kill(data_dir, tmp_path, monkeypatch):
       train_teacher.train_and_evaluate(config, killed)
   assert not os.path.exists(os.path.join(killed, "teacher"))  # nothing exported yet
   train_teacher.train_and_evaluate(config, killed)
-  a = fakes.teacher_io.load_teacher(str(tmp_path / "straight" / "teacher"))[1]
-  b = fakes.teacher_io.load_teacher(os.path.join(killed, "teacher"))[1]
+  a = fakes.teacher_files.load_teacher(str(tmp_path / "straight" / "teacher"))[1]
+  b = fakes.teacher_files.load_teacher(os.path.join(killed, "teacher"))[1]
   _leaves_close(a, b, rtol=1e-5, atol=1e-6)
 
 
@@ -125,10 +126,10 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path
                                                               monkeypatch):
   workdir = str(tmp_path / "nan")
   _random_teachers(workdir)
-  run = train.setup(_amalgamation_config(data_dir, workdir), workdir)
-  _patch_kill(monkeypatch, train, 2, poison=True)
+  run = amalgamate.setup(_amalgamation_config(data_dir, workdir), workdir)
+  _patch_kill(monkeypatch, amalgamate, 2, poison=True)
   with pytest.raises(FloatingPointError, match="step [34]"):
-    train.block_phase(run)
+    amalgamate.block_phase(run)
   # The poisoned step 3 was never saved: the latest checkpoint is the good one of step 2.
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints", "block"))
   assert ckpt.latest_step() == 2
@@ -156,7 +157,7 @@ def test_config_errors_are_clear(data_dir, tmp_path, problem, match):
   if problem == "task_names":
     config.loss.lambdas = {"seg": 1.0, "normals": 1.0}
   with pytest.raises((ValueError, FileNotFoundError), match=match):
-    train.train_and_evaluate(config, workdir)
+    amalgamate.train_and_evaluate(config, workdir)
 
 
 @pytest.mark.slow
@@ -164,7 +165,7 @@ def test_four_steps_end_to_end_with_a_kill_in_finetuning(data_dir, tmp_path, mon
   workdir = str(tmp_path / "run")
   _random_teachers(workdir)
   config = _amalgamation_config(data_dir, workdir, **{"branch.override": "1,2"})
-  original = train._train_iterator
+  original = amalgamate._train_iterator
   calls = []
 
   def kill_second_phase(*args, **kwargs):
@@ -173,11 +174,11 @@ def test_four_steps_end_to_end_with_a_kill_in_finetuning(data_dir, tmp_path, mon
     return KillAfter(it, 2) if len(calls) == 2 else it  # the fine-tuning iterator
 
   with monkeypatch.context() as m:
-    m.setattr(train, "_train_iterator", kill_second_phase)
+    m.setattr(amalgamate, "_train_iterator", kill_second_phase)
     with pytest.raises(Killed):
-      train.train_and_evaluate(config, workdir)
+      amalgamate.train_and_evaluate(config, workdir)
   assert os.path.exists(os.path.join(workdir, "branch_search.json"))
-  results = train.train_and_evaluate(config, workdir)  # resumes fine-tuning at step 2
+  results = amalgamate.train_and_evaluate(config, workdir)  # resumes fine-tuning at step 2
 
   with open(os.path.join(workdir, "results.json")) as f:
     saved = json.load(f)
@@ -199,7 +200,7 @@ def test_four_steps_end_to_end_with_a_kill_in_finetuning(data_dir, tmp_path, mon
   for name in ("samples.png", "branch_losses.png", "results.md"):
     assert os.path.getsize(os.path.join(workdir, name)) > 0
   # mode=evaluate on the finished workdir reproduces the numbers.
-  again = train.evaluate_workdir(config, workdir)
+  again = amalgamate.evaluate_workdir(config, workdir)
   assert again["models"]["student"]["miou"] == pytest.approx(models["student"]["miou"])
 
 

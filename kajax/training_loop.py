@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping
 import jax
 import numpy as np
 
-from kajax import checkpointing, input_pipeline, parallel, reporting
+from kajax import checkpointing, input_pipeline, parallel, training_logs
 
 
 @dataclasses.dataclass
@@ -35,7 +35,7 @@ def _check_finite(metrics: Mapping[str, Any], step: int, phase: str, ckpt_dir: s
 
 def run(phase: str, step_fn: Callable[[Any, Any], tuple[Any, dict[str, Any]]], state: Any,
         train_iter: Any, mesh: Any, loop: LoopConfig, ckpt: checkpointing.Checkpointer,
-        writer: reporting.Writer, meta: Mapping[str, Any] | None = None,
+        writer: training_logs.Writer, meta: Mapping[str, Any] | None = None,
         log_offset: int = 0) -> Any:
   """Trains ``state`` with ``step_fn(state, batch)`` until ``state.step == num_steps``.
 
@@ -55,7 +55,7 @@ def run(phase: str, step_fn: Callable[[Any, Any], tuple[Any, dict[str, Any]]], s
     The final state (its last checkpoint is saved and finished).
   """
   start = int(state.step)
-  progress = reporting.PhaseProgress(phase, loop.num_steps, start)
+  progress = training_logs.PhaseProgress(phase, loop.num_steps, start)
   pending = 0
   try:
     for step in range(start, loop.num_steps):

@@ -1,4 +1,4 @@
-"""Tests for kajax.teacher_io: the converted-teacher directory format."""
+"""Tests for kajax.teacher_files: the converted-teacher directory format."""
 
 import json
 import os
@@ -10,7 +10,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from kajax import segnet
-from kajax import teacher_io
+from kajax import teacher_files
 
 
 def _info(**overrides):
@@ -18,7 +18,7 @@ def _info(**overrides):
                 width_multiplier=0.125, params=0, source="unit test", source_sha256=None,
                 extra={"depth_bins": 8})
   fields.update(overrides)
-  return teacher_io.TeacherInfo(**fields)
+  return teacher_files.TeacherInfo(**fields)
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +44,11 @@ def _assert_same_tree(a, b):
 def test_round_trip(tmp_path, teacher):
   variables, info = teacher
   out = tmp_path / "t"
-  assert not teacher_io.is_teacher_dir(out)
-  teacher_io.save_teacher(out, variables, info)
-  assert teacher_io.is_teacher_dir(out)
+  assert not teacher_files.is_teacher_dir(out)
+  teacher_files.save_teacher(out, variables, info)
+  assert teacher_files.is_teacher_dir(out)
   assert sorted(os.listdir(tmp_path)) == ["t"]  # no temporary siblings left
-  module, loaded, loaded_info = teacher_io.load_teacher(out)
+  module, loaded, loaded_info = teacher_files.load_teacher(out)
   assert loaded_info == info and loaded_info.extra == {"depth_bins": 8}
   assert (module.num_outputs, module.arch, module.width_multiplier, module.head) == (
       1, "segnet_vgg11_bn", 0.125, "conv")
@@ -64,13 +64,13 @@ def test_round_trip(tmp_path, teacher):
 def test_info_json_round_trip_and_validation():
   info = _info(num_outputs=np.int64(1), source_sha256="ab" * 32)
   assert isinstance(info.num_outputs, int)
-  assert teacher_io.TeacherInfo.from_json(info.to_json()) == info
+  assert teacher_files.TeacherInfo.from_json(info.to_json()) == info
   with pytest.raises(ValueError, match="task='segmentation'"):
     _info(task="segmentation")
   with pytest.raises(ValueError, match="arch='segnet_vgg17_bn'"):
     _info(arch="segnet_vgg17_bn")
   with pytest.raises(ValueError, match="unknown fields \\['colour'\\]"):
-    teacher_io.TeacherInfo.from_json(json.dumps({**json.loads(info.to_json()), "colour": 1}))
+    teacher_files.TeacherInfo.from_json(json.dumps({**json.loads(info.to_json()), "colour": 1}))
 
 
 def test_failed_save_leaves_nothing(tmp_path, teacher, monkeypatch):
@@ -81,39 +81,39 @@ def test_failed_save_leaves_nothing(tmp_path, teacher, monkeypatch):
 
   monkeypatch.setattr(ocp.StandardCheckpointer, "save", boom)
   with pytest.raises(OSError, match="simulated"):
-    teacher_io.save_teacher(tmp_path / "t", variables, info)
+    teacher_files.save_teacher(tmp_path / "t", variables, info)
   assert os.listdir(tmp_path) == []
 
 
 def test_failed_overwrite_keeps_old_teacher(tmp_path, teacher, monkeypatch):
   variables, info = teacher
-  teacher_io.save_teacher(tmp_path / "t", variables, info)
+  teacher_files.save_teacher(tmp_path / "t", variables, info)
   monkeypatch.setattr(ocp.StandardCheckpointer, "save",
                       lambda *a, **k: (_ for _ in ()).throw(OSError("simulated")))
   with pytest.raises(OSError):
-    teacher_io.save_teacher(tmp_path / "t", variables, _info(task="seg"), overwrite=True)
+    teacher_files.save_teacher(tmp_path / "t", variables, _info(task="seg"), overwrite=True)
   monkeypatch.undo()
   assert sorted(os.listdir(tmp_path)) == ["t"]
-  assert teacher_io.load_teacher(tmp_path / "t")[2].task == "depth"
+  assert teacher_files.load_teacher(tmp_path / "t")[2].task == "depth"
 
 
 def test_overwrite_refused_then_allowed(tmp_path, teacher):
   variables, info = teacher
   out = tmp_path / "t"
   out.mkdir()  # An empty directory is fine to write into.
-  teacher_io.save_teacher(out, variables, info)
+  teacher_files.save_teacher(out, variables, info)
   with pytest.raises(FileExistsError, match="overwrite"):
-    teacher_io.save_teacher(out, variables, _info(task="seg"))
-  assert teacher_io.load_teacher(out)[2].task == "depth"
-  teacher_io.save_teacher(out, variables, _info(task="seg"), overwrite=True)
-  assert teacher_io.load_teacher(out)[2].task == "seg"
+    teacher_files.save_teacher(out, variables, _info(task="seg"))
+  assert teacher_files.load_teacher(out)[2].task == "depth"
+  teacher_files.save_teacher(out, variables, _info(task="seg"), overwrite=True)
+  assert teacher_files.load_teacher(out)[2].task == "seg"
   assert sorted(os.listdir(tmp_path)) == ["t"]
 
 
 def test_save_rejects_variables_that_do_not_fit(tmp_path, teacher):
   variables, _ = teacher
   with pytest.raises(ValueError, match="up1/layer0/conv/kernel"):
-    teacher_io.save_teacher(tmp_path / "t", variables, _info(num_outputs=13))
+    teacher_files.save_teacher(tmp_path / "t", variables, _info(num_outputs=13))
   assert os.listdir(tmp_path) == []
 
 
@@ -121,22 +121,22 @@ def test_clear_load_errors(tmp_path, teacher):
   variables, info = teacher
   missing = tmp_path / "missing"
   with pytest.raises(FileNotFoundError, match=str(missing)):
-    teacher_io.load_teacher(missing)
+    teacher_files.load_teacher(missing)
   empty = tmp_path / "empty"
   empty.mkdir()
   with pytest.raises(FileNotFoundError, match="has no teacher.json"):
-    teacher_io.load_teacher(empty)
+    teacher_files.load_teacher(empty)
 
   out = tmp_path / "t"
-  teacher_io.save_teacher(out, variables, info)
+  teacher_files.save_teacher(out, variables, info)
   (out / "teacher.json").write_text('{"task": "depth", ')
   with pytest.raises(ValueError, match="Malformed .*teacher.json"):
-    teacher_io.load_teacher(out)
+    teacher_files.load_teacher(out)
 
   # A teacher.json that disagrees with the stored arrays: 13 outputs instead of 1.
   (out / "teacher.json").write_text(_info(num_outputs=13).to_json())
   with pytest.raises(ValueError) as e:
-    teacher_io.load_teacher(out)
+    teacher_files.load_teacher(out)
   msg = str(e.value)
   assert str(out) in msg
   assert "params/up1/layer0/conv/kernel: expected (3, 3, 8, 13), found (3, 3, 8, 1)" in msg
@@ -144,7 +144,7 @@ def test_clear_load_errors(tmp_path, teacher):
 
 def test_failed_final_rename_restores_old_teacher(tmp_path, teacher, monkeypatch):
   variables, info = teacher
-  teacher_io.save_teacher(tmp_path / "t", variables, info)
+  teacher_files.save_teacher(tmp_path / "t", variables, info)
   real_rename = os.rename
 
   def rename(src, dst):
@@ -152,12 +152,12 @@ def test_failed_final_rename_restores_old_teacher(tmp_path, teacher, monkeypatch
       raise OSError("rename failed (simulated)")
     real_rename(src, dst)
 
-  monkeypatch.setattr(teacher_io.os, "rename", rename)
+  monkeypatch.setattr(teacher_files.os, "rename", rename)
   with pytest.raises(OSError, match="simulated"):
-    teacher_io.save_teacher(tmp_path / "t", variables, _info(task="seg"), overwrite=True)
+    teacher_files.save_teacher(tmp_path / "t", variables, _info(task="seg"), overwrite=True)
   monkeypatch.undo()
   assert sorted(os.listdir(tmp_path)) == ["t"]
-  assert teacher_io.load_teacher(tmp_path / "t")[2].task == "depth"
+  assert teacher_files.load_teacher(tmp_path / "t")[2].task == "depth"
 
 
 _TWO_PROCESS_SCRIPT = """
@@ -167,15 +167,15 @@ jax.config.update("jax_num_cpu_devices", 2)
 jax.distributed.initialize(sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
 import numpy as np
 from jax.experimental import multihost_utils
-from kajax import teacher_io
-info = teacher_io.TeacherInfo(task="seg", num_outputs=3, arch="segnet_vgg11_bn",
+from kajax import teacher_files
+info = teacher_files.TeacherInfo(task="seg", num_outputs=3, arch="segnet_vgg11_bn",
                               head="conv", width_multiplier=0.125)
-shapes = teacher_io.expected_shapes(info.build_module())
+shapes = teacher_files.expected_shapes(info.build_module())
 variables = jax.tree.map(lambda s: np.full(s.shape, 0.5, np.float32), shapes)
 if jax.process_index() == 0:  # As the teacher trainer does: one host writes.
-  teacher_io.save_teacher(sys.argv[3], variables, info)
+  teacher_files.save_teacher(sys.argv[3], variables, info)
 multihost_utils.sync_global_devices("saved")
-_, loaded, _ = teacher_io.load_teacher(sys.argv[3])
+_, loaded, _ = teacher_files.load_teacher(sys.argv[3])
 print("MEAN", float(loaded["params"]["down1"]["layer0"]["conv"]["kernel"].mean()))
 """
 

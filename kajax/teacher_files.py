@@ -1,6 +1,6 @@
 """The converted-teacher directory: how every kajax component stores and loads a teacher.
 
-A teacher directory holds two things (design.md section 3, "converted teachers are stored
+A teacher directory holds two things (docs/method.md §3, "converted teachers are stored
 once as their own Orbax checkpoints"):
 
   DIR/teacher.json   TeacherInfo: task, outputs, SegNet preset, head, width, provenance.
@@ -146,7 +146,7 @@ def process_local_checkpointer():
   import orbax.checkpoint as ocp  # Heavy import, only needed when reading or writing.
   me = jax.process_index()
   return ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
-      primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"teacher_io_{me}"))
+      primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"teacher_files_{me}"))
 
 
 def is_teacher_dir(path: str | os.PathLike) -> bool:

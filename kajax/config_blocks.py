@@ -1,13 +1,84 @@
-"""Building blocks shared by kajax's configs (imported by the config files beside it).
+"""Building blocks shared by kajax's config files, and the parser of their ``:arg``.
 
-Every tunable number of a run lives in its config; this file only avoids writing the same
-blocks five times. ``get_config(arg)`` of each config accepts 'tiny' (seconds-long runs for
-tests, big_vision's ``runlocal`` idea).
+Every tunable number of a run lives in its config (``configs/*.py``); this module only avoids
+writing the same blocks in every file. It lives inside the package so config files import it
+like any other module (``from kajax import config_blocks``), whatever the current directory.
+
+A config file's ``get_config(arg)`` receives what follows the colon in
+``--config=configs/demo.py:ARG``. :func:`parse_arg` reads it: comma-separated keys, each a
+flag (``tiny``) or ``key=value`` (``seed=3``, ``res=240x320``); every config names the keys
+it accepts and anything else is an error that lists them (big_vision's ``runlocal`` idea,
+made strict so a typo such as ``:tyni`` cannot silently run the full job).
 """
+
+import dataclasses
 
 import ml_collections
 
-# Synthetic rooms: NYUv2's 13 classes, 96x128 for the demo (design.md §5 budgets).
+# What each documented ``:arg`` key means; a config accepts a subset of them.
+ARG_KEYS = {
+    "tiny": "seconds-long variant for tests",
+    "seed": "seed=N: random seed of the run (data order, initialisation)",
+    "res": "res=HxW: image size of training and evaluation",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigArgs:
+  """The parsed ``:arg`` of a config file."""
+  tiny: bool = False
+  seed: int | None = None
+  res: tuple[int, int] | None = None
+
+
+def parse_arg(arg, accepted=("tiny", "seed")):
+  """Parses a config's ``:arg`` string; raises naming the accepted keys on anything else.
+
+  Args:
+    arg: the text after ``:`` in ``--config=FILE:ARG``, or None.
+    accepted: the keys this config understands (a subset of :data:`ARG_KEYS`).
+
+  Returns:
+    A :class:`ConfigArgs`.
+  """
+  choices = "; ".join(f"{k} ({ARG_KEYS[k]})" for k in accepted)
+  values = {}
+  for part in filter(None, (p.strip() for p in (arg or "").split(","))):
+    key, has_value, value = part.partition("=")
+    if key not in accepted:
+      raise ValueError(f"Config argument {part!r} (in ':{arg}') is not known; this config "
+                       f"accepts: {choices}. Combine them with commas, e.g. ':tiny,seed=1'.")
+    if key in values:
+      raise ValueError(f"Config argument {key!r} is given twice in ':{arg}'.")
+    try:
+      if key == "tiny":
+        if has_value:
+          raise ValueError("takes no value")
+        values[key] = True
+      elif key == "seed":
+        values[key] = int(value)
+      elif key == "res":
+        h, w = value.lower().split("x")
+        values[key] = (int(h), int(w))
+        if min(values[key]) < 32:
+          raise ValueError("each side must be at least 32 (five 2x2 poolings)")
+    except ValueError as e:
+      raise ValueError(f"Config argument {part!r}: {e}. Expected {ARG_KEYS[key]}.") from None
+  return ConfigArgs(**values)
+
+
+def apply_common_args(c, args):
+  """Applies ``seed`` and ``res`` (when given) to a teacher or amalgamation config."""
+  if args.seed is not None:
+    c.seed = args.seed
+  if args.res is not None:
+    c.input.image_size = args.res
+    if c.input.get("crop_size"):
+      c.input.crop_size = (args.res[0], min(args.res))
+  return c
+
+
+# Synthetic rooms: NYUv2's 13 classes at 96x128, the size the demo's CPU time budget allows.
 NUM_CLASSES = 13
 TASK_OUTPUTS = {"seg": NUM_CLASSES, "depth": 1, "normals": 3}
 SUPERVISED_LOSS = {"seg": "ce", "depth": "l1", "normals": "cosine"}
@@ -78,19 +149,19 @@ def teacher_config(task, dataset, train_split, eval_split, *, width_multiplier, 
   return c
 
 
-def rooms_teacher(task, arg=None):
+def rooms_teacher(task, args=ConfigArgs()):
   """Teacher on synthetic rooms (96x128, width 1/8: ~2.3 min on 2 CPU cores)."""
   split = {"seg": "teacher_seg", "depth": "teacher_depth", "normals": "teacher_depth"}[task]
   c = teacher_config(task, "synthetic_rooms/small", split, "test", width_multiplier=1 / 8,
                      num_steps=500, batch_size=16, learning_rate=2e-3,
                      input_cfg=input_config(scale_range=(1.0, 1.25)))
-  if arg == "tiny":
+  if args.tiny:
     shrink_teacher(c)
-  return c
+  return apply_common_args(c, args)
 
 
-def nyu_teacher(task, arg=None):
-  """NYUv2 teacher with the KamalEngine recipe (design.md §1): SGD 0.01, momentum 0.9,
+def nyu_teacher(task, args=ConfigArgs()):
+  """NYUv2 teacher with the KamalEngine recipe (docs/method.md §1): SGD 0.01, momentum 0.9,
   wd 1e-4, cosine, batch 16, 10,000 steps; resize to 240x320, random 240x240 crops, flips."""
   c = teacher_config(
       task, "nyuv2/labeled_mat", "train", "test", width_multiplier=1.0, num_steps=10_000,
@@ -101,11 +172,11 @@ def nyu_teacher(task, arg=None):
   c.class_weighting = "none"
   c.checkpoint_every = 1000
   c.log_every = 50
-  if arg == "tiny":
+  if args.tiny:
     shrink_teacher(c)
     c.dataset = "nyuv2/mtan_npy"
     c.input.image_size, c.input.crop_size = (64, 96), (64, 64)
-  return c
+  return apply_common_args(c, args)
 
 
 def shrink_teacher(c):

@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from kajax import segnet, tasks, teacher_io
+from kajax import segnet, tasks, teacher_files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,7 +24,7 @@ class Teacher:
   task: str
   module: segnet.SegNet
   variables: Any
-  info: teacher_io.TeacherInfo
+  info: teacher_files.TeacherInfo
 
 
 def teacher_dir(config: ml_collections.ConfigDict, task: str, workdir: str) -> str:
@@ -37,7 +37,7 @@ def ensure_teachers(config: ml_collections.ConfigDict, workdir: str) -> None:
   from kajax import train_teacher  # Only needed when something must be trained.
   for task in config.tasks:
     path = teacher_dir(config, task, workdir)
-    if teacher_io.is_teacher_dir(path):
+    if teacher_files.is_teacher_dir(path):
       continue
     block = config.teachers[task]
     if not block.get("train_config"):
@@ -61,7 +61,7 @@ def load_teachers(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
   for task in config.tasks:
     tasks.check_task(task, "--config.tasks entry")
     path = teacher_dir(config, task, workdir)
-    module, variables, info = teacher_io.load_teacher(path)
+    module, variables, info = teacher_files.load_teacher(path)
     if info.task != task:
       raise ValueError(f"--config.teachers.{task}.dir={path} holds a {info.task!r} teacher, "
                        f"not a {task!r} one; point it at the right directory.")

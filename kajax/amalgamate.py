@@ -26,8 +26,9 @@ import ml_collections
 import numpy as np
 
 from kajax import (amalgamation_steps as steps, branch_search, checkpointing, data_sources,
-                   export, input_pipeline, loop, optim, parallel, report, reporting, student,
-                   teachers as teachers_lib, train_teacher)
+                   export, input_pipeline, optim, parallel, results, student_init,
+                   student_model, student_spec, teacher_setup, train_teacher, training_logs,
+                   training_loop)
 
 
 @dataclasses.dataclass
@@ -36,15 +37,15 @@ class Run:
   config: ml_collections.ConfigDict
   workdir: str
   mesh: Any
-  teachers: dict[str, teachers_lib.Teacher]
+  teachers: dict[str, teacher_setup.Teacher]
   teacher_vars: Any  # {task: variables}, replicated on the mesh; the frozen argument.
-  spec: student.StudentSpec
+  spec: student_spec.StudentSpec
   task_names: tuple[str, ...]
   teacher_modules: tuple[Any, ...]
   projection_fns: tuple[Any, ...]
   lambdas: tuple[float, ...]
   data_dir: str
-  writer: reporting.Writer
+  writer: training_logs.Writer
 
   def source(self, split: str) -> Any:
     return data_sources.open_split(self.config.dataset, self.data_dir, split)
@@ -73,9 +74,9 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   validate_config(config)
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.batch_size, mesh)
-  loaded = teachers_lib.load_teachers(config, workdir)
+  loaded = teacher_setup.load_teachers(config, workdir)
   names = tuple(config.tasks)
-  spec = student.spec_from_teachers(names, {t: loaded[t].info for t in names},
+  spec = student_spec.spec_from_teachers(names, {t: loaded[t].info for t in names},
                                     gate_form=config.gate_form,
                                     trunk_task=config.get("trunk_task") or None)
   data_dir = data_sources.resolve_data_dir(config.data_dir)
@@ -88,11 +89,11 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
              spec=spec, task_names=names,
              teacher_modules=tuple(loaded[t].module for t in names), projection_fns=fns,
              lambdas=tuple(float(config.loss.lambdas[t]) for t in names),
-             data_dir=data_dir, writer=reporting.Writer(workdir))
+             data_dir=data_dir, writer=training_logs.Writer(workdir))
 
 
 def _teacher_class_weights(config: ml_collections.ConfigDict,
-                           loaded: dict[str, teachers_lib.Teacher], mesh: Any,
+                           loaded: dict[str, teacher_setup.Teacher], mesh: Any,
                            data_dir: str) -> np.ndarray | None:
   """Parsing KL pixel weights from the *teacher's* class frequencies on unlabelled images.
 
@@ -133,7 +134,7 @@ def _checkpointer(run: Run, phase: str) -> checkpointing.Checkpointer:
 
 
 def _train_iterator(run: Run, seed: int) -> Any:
-  # Images only: the student never sees a label (design.md §1).
+  # Images only: the student never sees a label (docs/method.md §1).
   return input_pipeline.make_train_iterator(
       run.source(run.config.unlabeled_split), run.config.input,
       global_batch_size=run.config.batch_size, seed=seed, images_only=True)
@@ -152,8 +153,8 @@ def _resume(ckpt: checkpointing.Checkpointer, state: Any, train_iter: Any) -> An
 def block_phase(run: Run) -> Any:
   """Step 2. Returns the trained trunk variables (encoder, trunk blocks, all gates)."""
   c = run.config
-  trunk = student.StudentTrunk(run.spec)
-  variables = student.init_trunk_from_teachers(
+  trunk = student_model.StudentTrunk(run.spec)
+  variables = student_init.init_trunk_from_teachers(
       run.spec, {t: tc.variables for t, tc in run.teachers.items()},
       jax.random.key(c.seed))
   tx = optim.make_optimizer(c.optimizer, c.block.num_steps)
@@ -166,9 +167,9 @@ def block_phase(run: Run) -> Any:
       task_names=run.task_names, projection_fns=run.projection_fns, lambdas=run.lambdas,
       tx=tx, num_steps=c.block.num_steps, schedule=c.block.schedule), donate_argnums=(0,))
   rng = jax.random.key(c.seed + 1)
-  state = loop.run("block", lambda s, b: jitted(s, run.teacher_vars, b, rng), state,
+  state = training_loop.run("block", lambda s, b: jitted(s, run.teacher_vars, b, rng), state,
                    train_iter, run.mesh,
-                   loop.LoopConfig(c.block.num_steps, c.log_every, c.checkpoint_every),
+                   training_loop.LoopConfig(c.block.num_steps, c.log_every, c.checkpoint_every),
                    ckpt, run.writer)
   ckpt.close()
   return state.variables
@@ -178,7 +179,7 @@ def branch_phase(run: Run, trunk_variables: Any) -> tuple[tuple[int, ...], np.nd
   """Step 3: the tasks x 5 loss table on held-out unaugmented images, and the choice."""
   c = run.config
   fn = jax.jit(functools.partial(
-      steps.branch_losses, trunk=student.StudentTrunk(run.spec),
+      steps.branch_losses, trunk=student_model.StudentTrunk(run.spec),
       teacher_modules=run.teacher_modules, task_names=run.task_names,
       projection_fns=run.projection_fns))
   sums, count = 0.0, 0.0
@@ -208,13 +209,13 @@ def finetune_phase(run: Run, branch_points: tuple[int, ...], trunk_variables: An
                    ) -> Any:
   """Step 4. Returns the fine-tuned fixed-branch student's variables."""
   c = run.config
-  model = student.Student(run.spec, branch_points)
+  model = student_model.Student(run.spec, branch_points)
   ckpt = _checkpointer(run, "finetune")
   tx = optim.make_optimizer(c.finetune.optimizer, c.finetune.num_steps)
   if trunk_variables is None and ckpt.latest_step() is None:
     raise RuntimeError(f"Fine-tuning cannot start: no block-phase result in {run.workdir}.")
   # When resuming, the initial values are overwritten by the restore; shapes are what count.
-  variables = student.init_student_from_teachers(
+  variables = student_init.init_student_from_teachers(
       run.spec, branch_points, {t: tc.variables for t, tc in run.teachers.items()},
       trunk_variables=trunk_variables, rng=jax.random.key(c.seed))
   state = parallel.replicate(optim.create_train_state(variables, tx), run.mesh)
@@ -225,9 +226,9 @@ def finetune_phase(run: Run, branch_points: tuple[int, ...], trunk_variables: An
       task_names=run.task_names, projection_fns=run.projection_fns, lambdas=run.lambdas,
       tx=tx), donate_argnums=(0,))
   rng = jax.random.key(c.seed + 3)
-  state = loop.run("finetune", lambda s, b: jitted(s, run.teacher_vars, b, rng), state,
+  state = training_loop.run("finetune", lambda s, b: jitted(s, run.teacher_vars, b, rng), state,
                    train_iter, run.mesh,
-                   loop.LoopConfig(c.finetune.num_steps, c.log_every, c.checkpoint_every),
+                   training_loop.LoopConfig(c.finetune.num_steps, c.log_every, c.checkpoint_every),
                    ckpt, run.writer, meta={"branch_points": list(branch_points)},
                    log_offset=c.block.num_steps)
   ckpt.close()
@@ -239,7 +240,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
-  teachers_lib.ensure_teachers(config, workdir)
+  teacher_setup.ensure_teachers(config, workdir)
   run = setup(config, workdir)
   finetune_started = _checkpointer(run, "finetune").latest_step() is not None
   search = branch_search.load_result(workdir)
@@ -257,7 +258,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   student_dir = export.save_student(os.path.join(workdir, "student"), run.spec, points,
                                     variables, {t: tc.info.extra for t, tc in
                                                 run.teachers.items()})
-  return report.evaluate_and_report(run, student_dir)
+  return results.evaluate_and_report(run, student_dir)
 
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -266,5 +267,5 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict[st
   if not os.path.isdir(student_dir):
     raise FileNotFoundError(f"{student_dir} does not exist: run the amalgamation in "
                             f"{workdir} first (same command with --config.mode=amalgamate).")
-  return report.evaluate_and_report(setup(config, workdir), student_dir)
+  return results.evaluate_and_report(setup(config, workdir), student_dir)
 

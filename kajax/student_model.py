@@ -1,4 +1,4 @@
-"""The multi-task student of *Student Becoming the Master* (design.md section 1, "Student").
+"""The multi-task student of *Student Becoming the Master* (docs/method.md §1, "Student").
 
 The encoder ``down1..down5`` is shared by every task; the decoder is shared up to a per-task
 branch point k_t in 0..4 (the number of shared decoder blocks). Shared feature f_k: f_0 = down5
@@ -20,15 +20,14 @@ Parameter names (stable; ``params`` and ``batch_stats`` use the same paths):
   ``gate_{task}_{k}/reduce|expand``  channel gates (block-wise: every k; fixed: k = k_t);
   ``branch_{task}/up{j}``            fixed mode only: task t's decoder blocks after k_t.
 
-Initialisation from the teachers (design.md step 1): :func:`init_trunk_from_teachers`,
-:func:`init_student_from_teachers`; size: :func:`count_student_params`. The spec
-(:class:`StudentSpec`, :func:`spec_from_teachers`, :func:`check_branch_points`) lives in
-``kajax.student_spec`` and is re-exported here.
+The student's description (:class:`~kajax.student_spec.StudentSpec`) lives in
+``kajax.student_spec``; its initialisation from the teachers and its size in
+``kajax.student_init``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -37,12 +36,7 @@ import jax.numpy as jnp
 from kajax.gates import ChannelGate
 from kajax.segnet import (DECODER_BLOCKS, ENCODER_BLOCKS, NUM_BRANCH_POINTS, PoolIndices,
                           SegNet, decoder_block, encoder_block)
-from kajax.student_spec import StudentSpec, check_branch_points, spec_from_teachers
-
-__all__ = ["StudentSpec", "spec_from_teachers", "check_branch_points", "TRUNK_BLOCKS",
-           "StudentTrunk", "TaskBranch", "Student", "teacher_tail", "switch_tail",
-           "tail_for_branch_points", "variable_shapes", "count_student_params",
-           "init_trunk_from_teachers", "init_student_from_teachers"]
+from kajax.student_spec import StudentSpec, check_branch_points
 
 # Trunk blocks that can be shared: up5..up2 (up1 always belongs to a task).
 TRUNK_BLOCKS = DECODER_BLOCKS[:NUM_BRANCH_POINTS - 1]
@@ -187,7 +181,7 @@ def switch_tail(task_index: int, k_t: jax.Array | int, gated, indices,
   """:func:`teacher_tail` of task ``task_index`` at a (possibly traced) branch point ``k_t``.
 
   All five tails are traced into one ``lax.switch``, so a jitted train step compiles once and
-  selects the path at run time (design.md section 1, step 2).
+  selects the path at run time (docs/method.md §1, step 2).
 
   Args:
     task_index: static position of the task in ``spec.tasks``.
@@ -232,169 +226,3 @@ def tail_for_branch_points(branch_points: jax.Array | Sequence[int], gated, indi
     raise ValueError(f"branch_points must have shape ({len(gated)},), got {ks.shape}.")
   return tuple(switch_tail(t, ks[t], gated, indices, teacher_modules[t], teacher_variables[t])
                for t in range(len(gated)))
-
-
-# --- Initialisation from the teachers (design.md section 1, step 1) ---------------------------
-# Essential: a reproduction with randomly initialised branches reached 0.28 mIoU instead of
-# 0.52 (KamalEngine issue 8). Every copied block is checked leaf by leaf against the shapes
-# from jax.eval_shape, so nothing full-width is materialised to check.
-
-# Probe input for eval_shape; variable shapes do not depend on the image size.
-_PROBE_SHAPE = (1, 64, 64, 3)
-
-
-def variable_shapes(module: nn.Module) -> dict[str, Any]:
-  """``{'params': ..., 'batch_stats': ...}`` of ShapeDtypeStructs, without initialising.
-
-  Works for any module called as ``module(x, train)`` (SegNet, Student, StudentTrunk).
-  """
-  return jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros(_PROBE_SHAPE), False))
-
-
-def count_student_params(spec: StudentSpec, branch_points: Sequence[int],
-                         include_gates: bool = True) -> int:
-  """Trainable parameters of the fixed-branch (pruned) :class:`Student`.
-
-  For two tasks the count depends on min(k_t) only: decoder block j exists once in the trunk
-  if j < max k, plus once per task with k_t <= j. The published sizes (37.1M / 31.2M / 29.7M
-  for min k = 1 / 2 / 3 with VGG16-BN teachers) match ``include_gates=False``; each gate adds
-  2 * C * max(16, C // 4) parameters (131,072 per task at k = 1).
-  """
-  params = variable_shapes(Student(spec, check_branch_points(spec, branch_points)))["params"]
-  return int(sum(x.size for name, block in params.items()
-                 if include_gates or not name.startswith("gate_")
-                 for x in jax.tree_util.tree_leaves(block)))
-
-
-def _check_teacher_keys(spec: StudentSpec, teacher_variables: Mapping[str, Any],
-                        needed: Sequence[str]) -> None:
-  unknown = [t for t in teacher_variables if t not in spec.tasks]
-  missing = [t for t in needed if t not in teacher_variables]
-  if unknown or missing:
-    raise ValueError(f"teacher_variables has tasks {sorted(teacher_variables)}; the student's "
-                     f"tasks are {spec.tasks}: not in the student {unknown}, missing {missing}.")
-
-
-def _flat(tree: Any) -> dict[str, Any]:
-  return {"/".join(str(getattr(k, "key", k)) for k in path): leaf
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def _checked_copy(expected: Any, found: Any, where: str) -> Any:
-  """Returns ``found`` as jnp arrays after checking it has exactly ``expected``'s shapes."""
-  want, got = _flat(expected), _flat(found)
-  problems = [f"missing {k}" for k in sorted(set(want) - set(got))]
-  problems += [f"unexpected {k}" for k in sorted(set(got) - set(want))]
-  problems += [f"{k} has shape {tuple(got[k].shape)}, expected {tuple(want[k].shape)}"
-               for k in sorted(set(want) & set(got)) if tuple(got[k].shape) != want[k].shape]
-  if problems:
-    raise ValueError(f"{where} does not fit the student: " + "; ".join(problems[:8]) +
-                     ". Check that the StudentSpec's arch, width_multiplier, num_outputs and "
-                     "heads describe these teachers.")
-  return jax.tree_util.tree_map(jnp.asarray, found)
-
-
-def _assemble(expected: dict[str, Any], sources: dict[str, tuple[str, dict[str, Any]]],
-              fresh: dict[str, Any]) -> dict[str, Any]:
-  """Builds variables with ``expected``'s structure.
-
-  ``sources[name] = (description, {collection: subtree})`` gives top-level block ``name`` of
-  each collection; ``fresh[name]`` gives already initialised params (gates without a source).
-  """
-  out = {collection: {} for collection in expected}
-  for collection, blocks in expected.items():
-    for name, shapes in blocks.items():
-      if collection == "params" and name in fresh:
-        out[collection][name] = _checked_copy(shapes, fresh[name], f"new {name}")
-        continue
-      description, subtrees = sources[name]
-      if collection not in subtrees:
-        raise ValueError(f"{description} has no {collection!r} for the student's block "
-                         f"{name!r}.")
-      out[collection][name] = _checked_copy(shapes, subtrees[collection],
-                                            f"{description}[{collection!r}]")
-  return out
-
-
-def _block(variables: Mapping[str, Any], name: str, description: str
-           ) -> tuple[str, dict[str, Any]]:
-  """Source entry for block ``name`` of a ``{'params', 'batch_stats'}`` tree."""
-  return (f"{description} block {name!r}",
-          {c: v[name] for c, v in variables.items() if isinstance(v, Mapping) and name in v})
-
-
-def _fresh_gate(spec: StudentSpec, shapes: Any, rng: jax.Array) -> Any:
-  channels = shapes["reduce"]["kernel"].shape[2]
-  return ChannelGate(spec.gate_form).init(rng, jnp.zeros((1, 1, 1, channels)))["params"]
-
-
-def init_trunk_from_teachers(spec: StudentSpec, teacher_variables: Mapping[str, Any],
-                             rng: jax.Array) -> dict[str, Any]:
-  """Variables of :class:`StudentTrunk`: encoder and up5..up2 copied from the trunk teacher.
-
-  Args:
-    spec: the student.
-    teacher_variables: task -> ``{'params', 'batch_stats'}``; needs ``spec.trunk_task``.
-    rng: initialises the gates (identity gates are exactly 1 whatever the rng).
-
-  Returns:
-    ``{'params': ..., 'batch_stats': ...}``; params and BatchNorm statistics of the encoder
-    and trunk are the trunk teacher's.
-  """
-  _check_teacher_keys(spec, teacher_variables, [spec.trunk_task])
-  expected = variable_shapes(StudentTrunk(spec))
-  teacher = teacher_variables[spec.trunk_task]
-  sources = {name: _block(teacher, name, f"teacher_variables[{spec.trunk_task!r}]")
-             for name in ENCODER_BLOCKS + TRUNK_BLOCKS}
-  gates = [name for name in expected["params"] if name.startswith("gate_")]
-  fresh = {name: _fresh_gate(spec, expected["params"][name], key)
-           for name, key in zip(gates, jax.random.split(rng, len(gates)))}
-  return _assemble(expected, sources, fresh)
-
-
-def init_student_from_teachers(spec: StudentSpec, branch_points: Sequence[int],
-                               teacher_variables: Mapping[str, Any],
-                               trunk_variables: Mapping[str, Any] | None = None,
-                               rng: jax.Array | None = None) -> dict[str, Any]:
-  """Variables of the fixed-branch :class:`Student`.
-
-  Encoder and trunk blocks come from ``trunk_variables`` (the trained block-wise trunk, so
-  step 2 carries over to step 4) or, without it, from the trunk task's teacher. Gate
-  ``gate_{t}_{k_t}`` comes from ``trunk_variables`` or is freshly initialised with ``rng``.
-  ``branch_{t}/up{j}`` are copies of task t's teacher blocks (params and batch_stats).
-
-  Args:
-    spec: the student.
-    branch_points: one k_t in 0..4 per task.
-    teacher_variables: task -> teacher ``{'params', 'batch_stats'}``, every task.
-    trunk_variables: optional :class:`StudentTrunk` variables (from
-      :func:`init_trunk_from_teachers` and block-wise training).
-    rng: needed when ``trunk_variables`` is None (gate initialisation).
-  """
-  ks = check_branch_points(spec, branch_points)
-  _check_teacher_keys(spec, teacher_variables, spec.tasks)
-  if trunk_variables is None and rng is None:
-    raise ValueError("init_student_from_teachers needs rng to initialise the gates when no "
-                     "trunk_variables are given.")
-  expected = variable_shapes(Student(spec, ks))
-  if trunk_variables is not None:
-    shared, shared_name = trunk_variables, "trunk_variables"
-  else:
-    shared = teacher_variables[spec.trunk_task]
-    shared_name = f"teacher_variables[{spec.trunk_task!r}]"
-  sources = {name: _block(shared, name, shared_name)
-             for name in ENCODER_BLOCKS + DECODER_BLOCKS[:max(ks)]}
-  fresh = {}
-  for i, (task, k) in enumerate(zip(spec.tasks, ks)):
-    gate = f"gate_{task}_{k}"
-    if trunk_variables is not None:
-      sources[gate] = _block(trunk_variables, gate, "trunk_variables")
-    else:
-      fresh[gate] = _fresh_gate(spec, expected["params"][gate], jax.random.fold_in(rng, i))
-    # branch_{task} is a submodule holding the teacher's blocks after k under their names.
-    teacher = teacher_variables[task]
-    blocks = DECODER_BLOCKS[k:]
-    sources[f"branch_{task}"] = (
-        f"teacher_variables[{task!r}] blocks {', '.join(blocks)}",
-        {c: {b: v[b] for b in blocks if b in v} for c, v in teacher.items()})
-  return _assemble(expected, sources, fresh)
