@@ -24,11 +24,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 
 from kajax import (amalgamation_steps as steps, branch_search, checkpointing, data_sources,
-                   export, input_pipeline, optim, parallel, results, student_init,
-                   student_model, student_spec, teacher_setup, train_teacher, training_logs,
-                   training_loop)
+                   export, input_pipeline, multihost, optim, parallel, results, storage,
+                   student_init, student_model, student_spec, teacher_setup, train_teacher,
+                   training_logs, training_loop)
 
 
 @dataclasses.dataclass
@@ -73,6 +74,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   """Loads teachers, builds the student spec, losses and mesh."""
   validate_config(config)
   mesh = parallel.make_mesh()
+  multihost.log_runtime(mesh)
   parallel.check_batch_size(config.batch_size, mesh)
   loaded = teacher_setup.load_teachers(config, workdir)
   names = tuple(config.tasks)
@@ -129,7 +131,7 @@ def _teacher_class_weights(config: ml_collections.ConfigDict,
 
 
 def _checkpointer(run: Run, phase: str) -> checkpointing.Checkpointer:
-  return checkpointing.Checkpointer(os.path.join(run.workdir, "checkpoints", phase),
+  return checkpointing.Checkpointer(storage.join(run.workdir, "checkpoints", phase),
                                     run.config.max_checkpoints_to_keep)
 
 
@@ -146,7 +148,8 @@ def _resume(ckpt: checkpointing.Checkpointer, state: Any, train_iter: Any) -> An
     return state
   state, meta = restored
   input_pipeline.restore_iterator(train_iter, meta["data_iterator"])
-  print(f"Resumed {meta['phase']} at step {int(state.step)} from {ckpt.directory}", flush=True)
+  multihost.log("Resumed %s at step %d from %s", meta["phase"], int(state.step),
+                ckpt.directory)
   return state
 
 
@@ -169,8 +172,10 @@ def block_phase(run: Run) -> Any:
   rng = jax.random.key(c.seed + 1)
   state = training_loop.run("block", lambda s, b: jitted(s, run.teacher_vars, b, rng), state,
                    train_iter, run.mesh,
-                   training_loop.LoopConfig(c.block.num_steps, c.log_every, c.checkpoint_every),
-                   ckpt, run.writer)
+                   training_loop.LoopConfig(c.block.num_steps, c.log_every, c.checkpoint_every,
+                                            c.batch_size),
+                   ckpt, run.writer,
+                   learning_rate=optim.learning_rate_schedule(c.optimizer, c.block.num_steps))
   ckpt.close()
   return state.variables
 
@@ -192,16 +197,17 @@ def branch_phase(run: Run, trunk_variables: Any) -> tuple[tuple[int, ...], np.nd
   table = np.asarray(jax.device_get(sums)) / float(count)
   override = branch_search.parse_override(c.branch.override, run.task_names)
   chosen = override or branch_search.choose_branch_points(table, c.branch.tau)
-  if jax.process_index() == 0:
+  if multihost.is_main_process():
     branch_search.save_result(run.workdir, run.task_names, table, c.branch.tau, chosen,
                               "override" if override else f"rule (tau={c.branch.tau})")
+  multihost.sync("branch search saved")  # Evaluation reads it back on every process.
   text = branch_search.format_table(run.task_names, table, chosen)
   run.writer.text(c.block.num_steps, "branch_search", text)
   for t, row in zip(run.task_names, table):
     run.writer.scalars(c.block.num_steps, {f"{t}/k{k}": v for k, v in enumerate(row)},
                        "branch_loss/")
-  print(f"Branch search (projection loss on {int(count)} held-out images):\n{text}",
-        flush=True)
+  multihost.log("Branch search (projection loss on %d held-out images):\n%s", int(count),
+                text)
   return chosen, table
 
 
@@ -228,44 +234,62 @@ def finetune_phase(run: Run, branch_points: tuple[int, ...], trunk_variables: An
   rng = jax.random.key(c.seed + 3)
   state = training_loop.run("finetune", lambda s, b: jitted(s, run.teacher_vars, b, rng), state,
                    train_iter, run.mesh,
-                   training_loop.LoopConfig(c.finetune.num_steps, c.log_every, c.checkpoint_every),
+                   training_loop.LoopConfig(c.finetune.num_steps, c.log_every,
+                                            c.checkpoint_every, c.batch_size),
                    ckpt, run.writer, meta={"branch_points": list(branch_points)},
-                   log_offset=c.block.num_steps)
+                   log_offset=c.block.num_steps,
+                   learning_rate=optim.learning_rate_schedule(c.finetune.optimizer,
+                                                              c.finetune.num_steps))
   ckpt.close()
   return jax.device_get(state.variables)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs (or resumes) all four steps, exports the pruned student, evaluates everything."""
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  workdir = os.fspath(storage.resolve(workdir))
+  multihost.check_shared_directory(workdir, "workdir", "--workdir")
+  if multihost.is_main_process():
+    storage.write_text(storage.join(workdir, "config.json"),
+                       config.to_json_best_effort(indent=2))
   teacher_setup.ensure_teachers(config, workdir)
   run = setup(config, workdir)
-  finetune_started = _checkpointer(run, "finetune").latest_step() is not None
-  search = branch_search.load_result(workdir)
+  run.writer.config(config, ("block/loss", "finetune/loss"))
+  # Resume decisions: taken on process 0 and broadcast, so every process runs the same phases.
+  finetune_started = multihost.broadcast_decision(
+      _checkpointer(run, "finetune").latest_step() is not None)
+  searched = multihost.broadcast_decision(branch_search.load_result(workdir) is not None)
   trunk_variables = None
-  if search is None:
+  if not searched:
     trunk_variables = block_phase(run)
     points, _ = branch_phase(run, trunk_variables)
   else:
+    search = branch_search.load_result(workdir)
     points = tuple(int(search["branch_points"][t]) for t in run.task_names)
-    print(f"Branch points from {branch_search.RESULT_FILE}: {points}", flush=True)
+    multihost.log("Branch points from %s: %s", branch_search.RESULT_FILE, points)
     if not finetune_started:
       # Restores the finished block phase's last checkpoint; runs no further step.
       trunk_variables = block_phase(run)
   variables = finetune_phase(run, points, trunk_variables)
-  student_dir = export.save_student(os.path.join(workdir, "student"), run.spec, points,
+  student_dir = export.save_student(storage.join(workdir, "student"), run.spec, points,
                                     variables, {t: tc.info.extra for t, tc in
                                                 run.teachers.items()})
-  return results.evaluate_and_report(run, student_dir)
+  try:
+    return results.evaluate_and_report(run, student_dir)
+  finally:
+    run.writer.close()
 
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """``mode=evaluate``: re-evaluates the exported student and the teachers of a workdir."""
-  student_dir = os.path.join(workdir, "student")
-  if not os.path.isdir(student_dir):
+  workdir = os.fspath(storage.resolve(workdir))
+  multihost.check_shared_directory(workdir, "workdir", "--workdir")
+  student_dir = storage.join(workdir, "student")
+  if not multihost.broadcast_decision(epath.Path(student_dir).is_dir()):
     raise FileNotFoundError(f"{student_dir} does not exist: run the amalgamation in "
                             f"{workdir} first (same command with --config.mode=amalgamate).")
-  return results.evaluate_and_report(setup(config, workdir), student_dir)
+  run = setup(config, workdir)
+  try:
+    return results.evaluate_and_report(run, student_dir)
+  finally:
+    run.writer.close()
 

@@ -9,13 +9,12 @@ tau = 0.1 buys a smaller student for at most 10% more loss (docs/method.md §1).
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Mapping, Sequence
 
 import numpy as np
+from etils import epath
 
-from kajax import segnet
+from kajax import segnet, storage
 
 RESULT_FILE = "branch_search.json"
 
@@ -66,7 +65,7 @@ def parse_override(override: str | Sequence[int] | None, task_names: Sequence[st
 def save_result(workdir: str, task_names: Sequence[str], table: np.ndarray, tau: float,
                 chosen: Sequence[int], selected_by: str) -> str:
   """Writes the table and the choice to ``WORKDIR/branch_search.json`` atomically."""
-  path = os.path.join(workdir, RESULT_FILE)
+  path = storage.join(workdir, RESULT_FILE)
   payload = {
       "tasks": list(task_names),
       "losses": {t: [float(v) for v in row] for t, row in zip(task_names, np.asarray(table))},
@@ -74,20 +73,20 @@ def save_result(workdir: str, task_names: Sequence[str], table: np.ndarray, tau:
       "branch_points": {t: int(k) for t, k in zip(task_names, chosen)},
       "selected_by": selected_by,
   }
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(payload, f, indent=2)
-  os.replace(tmp, path)  # Atomic: a kill never leaves half a file.
+  storage.write_json(path, payload)  # Atomic: a kill never leaves half a file.
   return path
 
 
 def load_result(workdir: str) -> Mapping[str, object] | None:
-  """The saved branch search of a workdir, or None."""
-  path = os.path.join(workdir, RESULT_FILE)
-  if not os.path.exists(path):
+  """The saved branch search of a workdir, or None.
+
+  In a multi-host run, decide *whether* it exists on one process
+  (``multihost.broadcast_decision``) and read it after ``multihost.sync``.
+  """
+  path = epath.Path(workdir) / RESULT_FILE
+  if not path.exists():
     return None
-  with open(path) as f:
-    return json.load(f)
+  return storage.read_json(path)
 
 
 def format_table(task_names: Sequence[str], table: np.ndarray, chosen: Sequence[int]) -> str:

@@ -19,14 +19,20 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from kajax import storage
+
 
 class Checkpointer:
   """Async, keep-N checkpoints of ``(state, meta)`` in one directory."""
 
-  def __init__(self, directory: str, max_to_keep: int = 2, async_save: bool = True):
-    self.directory = os.path.abspath(directory)
+  def __init__(self, directory: str | os.PathLike, max_to_keep: int = 2,
+               async_save: bool = True):
+    self.directory = os.fspath(storage.resolve(directory))  # Local or gs://.
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save)
+        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save,
+        # Process 0 lists the steps and broadcasts them: every process resumes from the
+        # same step even if a host's view of the directory lags.
+        single_host_load_and_broadcast=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_names=("state", "meta"))
 

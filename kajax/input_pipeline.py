@@ -1,9 +1,10 @@
 """grain input pipelines over random-access sources (``tfds.data_source``), one per process.
 
-Train: this process's shard of the source -> seeded shuffle (reshuffled every epoch) -> repeat
-forever -> per-example augmentation (``kajax.augment``, seeded by grain's ``random_map`` from
-the seed, the process and the element index) -> threads -> batches (last partial batch of an
-epoch never exists: the stream is infinite and batches may straddle epochs).
+Train: the whole source -> seeded shuffle (reshuffled every epoch) -> repeat forever ->
+per-example augmentation (``kajax.augment``, seeded by grain's ``random_map`` from the seed and
+the element's position in the stream) -> this process's rows of each global batch -> threads
+-> batches (last partial batch of an epoch never exists: the stream is infinite and batches
+may straddle epochs). The global batches do not depend on the number of processes.
 Eval: one pass over this process's shard, resized/normalised only; every process yields the
 same number of batches (collectives need that) and the padding examples are marked by
 ``mask`` False.
@@ -117,6 +118,31 @@ class _PaddedShard:
     return example
 
 
+class _ProcessRows(grain.MapDataset):
+  """This process's rows of every global batch of an (infinite) global stream.
+
+  Global batch b holds stream elements [b * G, (b + 1) * G) with G = count * L; process p
+  takes [b * G + p * L, b * G + (p + 1) * L), the rows ``make_array_from_process_local_data``
+  places on its devices (the mesh orders devices by process).
+  """
+
+  def __init__(self, parent: grain.MapDataset, index: int, count: int, local_batch: int):
+    super().__init__(parent)
+    self._index, self._count, self._local = index, count, local_batch
+
+  def __len__(self) -> int:
+    return len(self._parent) // self._count
+
+  def __str__(self) -> str:
+    return f"ProcessRows(process={self._index}/{self._count}, rows={self._local})"
+
+  def __getitem__(self, i):
+    if isinstance(i, slice):
+      return self.slice(i)
+    batch, row = divmod(int(i), self._local)
+    return self._parent[(batch * self._count + self._index) * self._local + row]
+
+
 def _eval_element(example: Mapping[str, Any], *, image_size, images_only, mean, std):
   out = augment.eval_transform(example, image_size=image_size, images_only=images_only,
                                mean=mean, std=std)
@@ -158,14 +184,17 @@ def make_dataset(source: Any, *, global_batch_size: int, train: bool, seed: int 
     aug = augment.AugmentConfig.from_config(config)
     # Fail here rather than inside a worker thread at the first batch.
     augment.check_crop(image_size or augment.check_example(source[0]), aug)
-    ds = grain.MapDataset.source(source)[index::count]
-    # Same seed on every process is fine for the shuffle (the shards are disjoint), but
-    # augmentation streams must differ between processes.
-    aug_seed = int(np.random.SeedSequence([int(seed), index]).generate_state(1)[0])
-    ds = ds.shuffle(seed=int(seed)).repeat()
+    # One global stream, the same for any number of processes: shuffled, repeated and
+    # augmented (each element's randomness from the seed and its global position); each
+    # process then reads only its own rows of every global batch. A run on 2 hosts thus
+    # trains on exactly the batches of a run on 1 host with the same global batch size.
+    ds = grain.MapDataset.source(source).shuffle(seed=int(seed)).repeat()
+    aug_seed = int(np.random.SeedSequence([int(seed), 0]).generate_state(1)[0])
     ds = ds.random_map(functools.partial(
         _random_train_element, image_size=image_size, config=aug, images_only=images_only,
         mean=mean, std=std), seed=aug_seed)
+    if count > 1:
+      ds = _ProcessRows(ds, index, count, batch)
   else:
     indices = np.arange(index, num_examples, count)
     num_batches = math.ceil(math.ceil(num_examples / count) / batch)

@@ -14,15 +14,13 @@ truth per task) and ``branch_losses.png`` (the branch-search table as bars).
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any, Mapping
 
 import jax
 import numpy as np
 
-from kajax import (branch_search, evaluation, export, flops, input_pipeline, parallel,
-                   segnet, tasks, visualize)
+from kajax import (branch_search, evaluation, export, flops, input_pipeline, multihost,
+                   parallel, segnet, storage, tasks, visualize)
 
 RESULTS_FILE = "results.json"
 # Columns of the summary table, per task, in reading order (all keys of kajax.metrics).
@@ -32,6 +30,9 @@ _TABLE_METRICS = {
     "normals": ("angle_mean", "angle_median", "within_30"),
 }
 _NUM_SAMPLES = 4
+# What each projection loss (``kajax.losses.PROJECTION_LOSSES``) is measured in.
+_LOSS_UNITS = {"kl": "nats/pixel", "hard_ce": "nats/pixel", "l1": "m", "berhu": "m",
+               "log_l1": "log ratio", "cosine": "1 - cos"}
 
 
 def _flatten(per_task: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
@@ -76,15 +77,15 @@ def evaluate_and_report(run: Any, student_dir: str) -> dict[str, Any]:
              "branch_points": dict(zip(info["tasks"], info["branch_points"])),
              "branch_losses": search.get("losses", {})}
   table = format_results(results, tuple(info["tasks"]))
-  if jax.process_index() == 0:
-    with open(os.path.join(run.workdir, RESULTS_FILE), "w") as f:
-      json.dump(results, f, indent=2)
-    with open(os.path.join(run.workdir, "results.md"), "w") as f:
-      f.write(table + "\n")
+  if multihost.is_main_process():
+    storage.write_json(storage.join(run.workdir, RESULTS_FILE), results)
+    storage.write_text(storage.join(run.workdir, "results.md"), table + "\n")
     _write_pictures(run, module, variables, info, source, search)
     run.writer.text(0, "results", table)
+    for name, metrics in models.items():
+      run.writer.scalars(0, metrics, f"test/{name}/")
     run.writer.flush()
-  print("\n" + table, flush=True)
+  multihost.log("Results on %s:\n%s", c.test_split, table)
   return results
 
 
@@ -136,14 +137,21 @@ def _write_pictures(run: Any, module: Any, variables: Any, info: Mapping[str, An
         row.append(_picture(t, np.asarray(tasks.readout(t, out[i:i + 1], extra))[0], scale))
       row.append(_picture(t, truth, scale, truth=True))
     rows.append(row)
-  visualize.save_png(os.path.join(run.workdir, "samples.png"), visualize.grid(rows, titles))
+  visualize.save_png(storage.join(run.workdir, "samples.png"), visualize.grid(rows, titles))
   run.writer.image(0, "samples", visualize.grid(rows, titles))
   if search:
     names = search["tasks"]
     table = np.array([search["losses"][t] for t in names])
     chosen = [search["branch_points"][t] for t in names]
-    visualize.save_png(os.path.join(run.workdir, "branch_losses.png"),
-                       visualize.bar_chart(names, table, chosen))
+    visualize.save_png(storage.join(run.workdir, "branch_losses.png"),
+                       visualize.bar_chart(names, table, chosen, tau=float(search["tau"]),
+                                           units=[_loss_units(c, t) for t in names]))
+
+
+def _loss_units(config: Any, task: str) -> str:
+  """Axis label of a task's projection loss (what its number measures)."""
+  kind = config.loss.kinds[task]
+  return f"{kind} ({_LOSS_UNITS[kind]})" if kind in _LOSS_UNITS else kind
 
 
 def _picture(task: str, value: np.ndarray, max_depth: float, truth: bool = False

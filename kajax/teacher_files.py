@@ -6,8 +6,9 @@ once as their own Orbax checkpoints"):
   DIR/teacher.json   TeacherInfo: task, outputs, SegNet preset, head, width, provenance.
   DIR/variables/     Orbax checkpoint of ``{'params': ..., 'batch_stats': ...}``.
 
-Writing is atomic: everything goes into a hidden sibling directory that is renamed into place
-at the end, so an interrupted conversion never leaves a half-written teacher behind.
+Writing is atomic (``kajax.storage.atomic_directory``): locally everything goes into a hidden
+sibling directory renamed into place at the end; in a bucket ``teacher.json`` is written last.
+Either way an interrupted conversion never leaves something that reads as a teacher.
 """
 
 from __future__ import annotations
@@ -15,16 +16,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
-import uuid
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
-from kajax import segnet, tasks
+from kajax import segnet, storage, tasks
 
 INFO_FILE = "teacher.json"
 VARIABLES_DIR = "variables"
@@ -150,15 +149,14 @@ def process_local_checkpointer():
 
 
 def is_teacher_dir(path: str | os.PathLike) -> bool:
-  """True if ``path`` looks like a teacher directory (teacher.json + variables/)."""
-  path = os.fspath(path)
-  return (os.path.isfile(os.path.join(path, INFO_FILE))
-          and os.path.isdir(os.path.join(path, VARIABLES_DIR)))
+  """True if ``path`` looks like a complete teacher directory (teacher.json + variables/)."""
+  path = epath.Path(path)
+  return (path / INFO_FILE).exists() and (path / VARIABLES_DIR).is_dir()
 
 
 def save_teacher(output_dir: str | os.PathLike, variables: dict[str, Any], info: TeacherInfo,
                  overwrite: bool = False) -> str:
-  """Writes a teacher directory atomically.
+  """Writes a teacher directory atomically (local or ``gs://``; see ``kajax.storage``).
 
   Args:
     output_dir: directory to create. It must not exist or be empty unless ``overwrite``.
@@ -167,14 +165,14 @@ def save_teacher(output_dir: str | os.PathLike, variables: dict[str, Any], info:
     overwrite: replace an existing non-empty ``output_dir``.
 
   Returns:
-    The absolute path of the written directory.
+    The written directory (absolute when local).
   """
-  output_dir = os.path.abspath(os.fspath(output_dir))
-  if os.path.exists(output_dir):
-    if not os.path.isdir(output_dir):
+  output_dir = storage.resolve(output_dir)
+  if output_dir.exists():
+    if not output_dir.is_dir():
       raise FileExistsError(f"{output_dir} exists and is not a directory; choose another "
                             "output directory.")
-    if os.listdir(output_dir) and not overwrite:
+    if any(output_dir.iterdir()) and not overwrite:
       raise FileExistsError(f"{output_dir} already exists and is not empty; pass "
                             "overwrite=True (--overwrite) to replace it or choose another "
                             "output directory.")
@@ -184,52 +182,31 @@ def save_teacher(output_dir: str | os.PathLike, variables: dict[str, Any], info:
   if problems:
     raise ValueError(f"Variables do not fit the SegNet described by {info}:\n  "
                      + "\n  ".join(problems))
-
-  parent, name = os.path.split(output_dir)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
-  trash = None
-  try:
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would hide the teacher from other users.
-    with open(os.path.join(tmp, INFO_FILE), "w") as f:
-      f.write(info.to_json() + "\n")
+  with storage.atomic_directory(output_dir, INFO_FILE) as tmp:
     checkpointer = process_local_checkpointer()
     try:
-      checkpointer.save(os.path.join(tmp, VARIABLES_DIR), variables)
+      checkpointer.save(tmp / VARIABLES_DIR, variables)
       checkpointer.wait_until_finished()
     finally:
       checkpointer.close()
-    if os.path.isdir(output_dir):
-      # Move the old directory aside first so the rename below cannot fail half-way.
-      trash = os.path.join(parent, f".{name}.old-{uuid.uuid4().hex[:8]}")
-      os.rename(output_dir, trash)
-    os.rename(tmp, output_dir)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    if trash is not None and not os.path.exists(output_dir):
-      os.rename(trash, output_dir)  # Put the old teacher back.
-    raise
-  if trash is not None:
-    shutil.rmtree(trash, ignore_errors=True)
-  return output_dir
+    # Written last: its presence is what makes the directory a teacher (is_teacher_dir).
+    (tmp / INFO_FILE).write_text(info.to_json() + "\n")
+  return os.fspath(output_dir)
 
 
 def read_info(teacher_dir: str | os.PathLike) -> TeacherInfo:
   """Reads ``teacher.json``; errors name the directory and say what is wrong."""
-  teacher_dir = os.fspath(teacher_dir)
-  if not os.path.isdir(teacher_dir):
+  teacher_dir = epath.Path(teacher_dir)
+  if not teacher_dir.is_dir():
     raise FileNotFoundError(f"Teacher directory {teacher_dir} does not exist; convert a "
                             "checkpoint with `python -m kajax.convert_torch` or train a "
                             "teacher first.")
-  info_path = os.path.join(teacher_dir, INFO_FILE)
-  if not os.path.isfile(info_path):
+  info_path = teacher_dir / INFO_FILE
+  if not info_path.exists():
     raise FileNotFoundError(f"{teacher_dir} is not a teacher directory: it has no "
                             f"{INFO_FILE}.")
   try:
-    with open(info_path) as f:
-      return TeacherInfo.from_json(f.read())
+    return TeacherInfo.from_json(info_path.read_text())
   except (ValueError, TypeError) as e:  # json.JSONDecodeError is a ValueError.
     raise ValueError(f"Malformed {info_path}: {e}") from e
 
@@ -243,8 +220,8 @@ def load_teacher(teacher_dir: str | os.PathLike
     arrays (checked against the module's shapes), and the TeacherInfo.
   """
   info = read_info(teacher_dir)
-  var_dir = os.path.abspath(os.path.join(os.fspath(teacher_dir), VARIABLES_DIR))
-  if not os.path.isdir(var_dir):
+  var_dir = storage.resolve(teacher_dir) / VARIABLES_DIR
+  if not var_dir.is_dir():
     raise FileNotFoundError(f"{teacher_dir} has no {VARIABLES_DIR}/ checkpoint directory.")
   checkpointer = process_local_checkpointer()
   try:

@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from kajax import segnet, tasks, teacher_files
+from kajax import multihost, segnet, storage, tasks, teacher_files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +29,7 @@ class Teacher:
 
 def teacher_dir(config: ml_collections.ConfigDict, task: str, workdir: str) -> str:
   path = os.path.expanduser(config.teachers[task].dir)
-  return path if os.path.isabs(path) else os.path.join(workdir, path)
+  return path if os.path.isabs(path) or storage.is_url(path) else storage.join(workdir, path)
 
 
 def ensure_teachers(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -37,7 +37,8 @@ def ensure_teachers(config: ml_collections.ConfigDict, workdir: str) -> None:
   from kajax import train_teacher  # Only needed when something must be trained.
   for task in config.tasks:
     path = teacher_dir(config, task, workdir)
-    if teacher_files.is_teacher_dir(path):
+    # Decided once: processes that disagreed would run different collectives and hang.
+    if multihost.broadcast_decision(teacher_files.is_teacher_dir(path)):
       continue
     block = config.teachers[task]
     if not block.get("train_config"):
@@ -50,8 +51,9 @@ def ensure_teachers(config: ml_collections.ConfigDict, workdir: str) -> None:
       teacher_config.export_dir = path
       if not teacher_config.get("data_dir"):
         teacher_config.data_dir = config.get("data_dir", "")
-    print(f"Training the {task} teacher (no teacher in {path} yet)...", flush=True)
-    train_teacher.train_and_evaluate(teacher_config, os.path.join(workdir, "teacher_runs",
+    multihost.log("Training the %s teacher (no teacher in %s yet)...", task, path)
+    # Exports (process 0) and waits for every process: all may load it afterwards.
+    train_teacher.train_and_evaluate(teacher_config, storage.join(workdir, "teacher_runs",
                                                                   task))
 
 

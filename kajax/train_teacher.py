@@ -9,7 +9,6 @@ A killed run restarted with the same command resumes from the last checkpoint.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 from typing import Any
@@ -20,8 +19,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from kajax import (checkpointing, data_sources, evaluation, input_pipeline, losses, optim,
-                   parallel, segnet, tasks, teacher_files, training_logs, training_loop)
+from kajax import (checkpointing, data_sources, evaluation, input_pipeline, losses, multihost,
+                   optim, parallel, segnet, storage, tasks, teacher_files, training_logs,
+                   training_loop)
 
 
 def build_model(config: ml_collections.ConfigDict) -> segnet.SegNet:
@@ -107,8 +107,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     The final test metrics.
   """
   tasks.check_task(config.task, "--config.task")
-  os.makedirs(workdir, exist_ok=True)
+  workdir = storage.resolve(workdir)
+  multihost.check_shared_directory(workdir, "workdir", "--workdir")
+  if multihost.is_main_process():
+    workdir.mkdir(parents=True, exist_ok=True)
   mesh = parallel.make_mesh()
+  multihost.log_runtime(mesh)
   parallel.check_batch_size(config.batch_size, mesh)
   data_dir = data_sources.resolve_data_dir(config.data_dir)
   train_source = data_sources.open_split(config.dataset, data_dir, config.train_split)
@@ -131,24 +135,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_iter = input_pipeline.make_train_iterator(
       train_source, config.input, global_batch_size=config.batch_size,
       seed=config.seed, images_only=False)
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                    config.max_checkpoints_to_keep)
+  ckpt = checkpointing.Checkpointer(workdir / "checkpoints", config.max_checkpoints_to_keep)
   restored = ckpt.restore(state)
   if restored is not None:
     state, meta = restored
     input_pipeline.restore_iterator(train_iter, meta["data_iterator"])
-    print(f"Resumed from step {int(state.step)} in {ckpt.directory}")
+    multihost.log("Resumed teacher_%s at step %d from %s", config.task, int(state.step),
+                  ckpt.directory)
 
   jitted = jax.jit(functools.partial(teacher_train_step, model=model,
                                      loss_fn=make_loss_fn(config, class_weights), tx=tx),
                    donate_argnums=(0,))
   writer = training_logs.Writer(workdir)
+  writer.config(config, (f"teacher_{config.task}/loss",))
   t0 = time.time()
   state = training_loop.run(f"teacher_{config.task}",
                    lambda s, b: jitted(s, b, jax.random.fold_in(step_rng, s.step)),
                    state, train_iter, mesh,
-                   training_loop.LoopConfig(config.num_steps, config.log_every, config.checkpoint_every),
-                   ckpt, writer)
+                   training_loop.LoopConfig(config.num_steps, config.log_every,
+                                            config.checkpoint_every, config.batch_size),
+                   ckpt, writer, learning_rate=optim.learning_rate_schedule(config.optimizer,
+                                                                      config.num_steps))
   ckpt.close()
   train_seconds = time.time() - t0
 
@@ -160,10 +167,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   writer.scalars(config.num_steps, results, "test/")
   writer.close()
   export_teacher(config, state, workdir)
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump({"task": config.task, "metrics": results}, f, indent=2)
-  print(f"teacher/{config.task} test metrics: " +
-        ", ".join(f"{k}={v:.4g}" for k, v in results.items()))
+  if multihost.is_main_process():
+    storage.write_json(workdir / "results.json", {"task": config.task, "metrics": results})
+  multihost.log("teacher/%s test metrics: %s", config.task,
+                ", ".join(f"{k}={v:.4g}" for k, v in results.items()))
   return results
 
 
@@ -179,9 +186,13 @@ def load_imagenet_encoder(variables: dict[str, Any], path: str) -> dict[str, Any
 
 
 def export_teacher(config: ml_collections.ConfigDict, state: optim.TrainState,
-                   workdir: str) -> str:
-  """Writes the trained teacher as a teacher directory (same format as converted ones)."""
-  out_dir = config.get("export_dir") or os.path.join(workdir, "teacher")
+                   workdir: str | os.PathLike) -> str:
+  """Writes the trained teacher as a teacher directory (same format as converted ones).
+
+  Called by every process: process 0 writes, then all wait until it is written, so every
+  process may load it when this returns.
+  """
+  out_dir = config.get("export_dir") or storage.join(workdir, "teacher")
   variables = jax.device_get(state.variables)
   m = config.model
   info = teacher_files.TeacherInfo(
@@ -189,6 +200,7 @@ def export_teacher(config: ml_collections.ConfigDict, state: optim.TrainState,
       width_multiplier=m.width_multiplier, params=segnet.count_params(variables["params"]),
       source=f"kajax teacher training ({config.dataset}:{config.train_split}, "
              f"{config.num_steps} steps)", source_sha256=None, extra=teacher_extra(config))
-  if jax.process_index() == 0:
+  if multihost.is_main_process():
     teacher_files.save_teacher(out_dir, variables, info, overwrite=True)
-  return out_dir
+  multihost.sync("teacher exported")
+  return os.fspath(out_dir)

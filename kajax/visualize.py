@@ -8,6 +8,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from kajax import storage
+
 # One colour per NYUv2-13 class (bed, books, ceiling, chair, floor, furniture, objects,
 # picture, sofa, table, tv, wall, window); void is black.
 PALETTE = np.array([
@@ -73,25 +75,60 @@ def grid(rows: Sequence[Sequence[np.ndarray]], titles: Sequence[str] | None = No
 
 
 def bar_chart(task_names: Sequence[str], table: np.ndarray, chosen: Sequence[int],
-              height: int = 160, bar_width: int = 18) -> np.ndarray:
-  """Branch-loss table as bars: one panel per task (losses relative to its maximum), the
-  chosen branch point drawn in red."""
+              tau: float | None = None, units: Sequence[str] | None = None,
+              height: int = 160, bar_width: int = 26) -> np.ndarray:
+  """The branch-loss table as one bar panel per task, readable on its own.
+
+  Each panel: a y axis from 0 to the task's largest loss with tick values and the loss's name
+  and unit (``units[t]``), one bar per branch point k (x axis, "k = shared decoder blocks")
+  with its value printed on top, the chosen k in red, and the admissible limit
+  (1 + tau) * min as a dashed line (the rule picks the deepest k under it).
+
+  Args:
+    task_names: one name per row of ``table``.
+    table: (tasks, 5) projection losses.
+    chosen: the chosen k per task.
+    tau: the rule's tolerance; None draws no limit line (e.g. a manual override).
+    units: per task, the axis label (e.g. 'kl (nats/pixel)'); default 'loss'.
+  """
   table = np.asarray(table, np.float64)
-  panel_w = table.shape[1] * (bar_width + 6) + 20
-  picture = Image.new("RGB", (panel_w * len(task_names), height + 30), "white")
+  units = list(units) if units is not None else ["loss"] * len(task_names)
+  black, grey = (0, 0, 0), (150, 150, 150)
+  left, top, bottom = 64, 30, 34  # Room for the y ticks, the title and the x labels.
+  panel_w = left + table.shape[1] * (bar_width + 8) + 12
+  picture = Image.new("RGB", (panel_w * len(task_names), top + height + bottom), "white")
   draw = ImageDraw.Draw(picture)
-  for p, (name, row, k_t) in enumerate(zip(task_names, table, chosen)):
-    x0 = p * panel_w + 10
-    draw.text((x0, 2), f"{name} (k={k_t})", fill=(0, 0, 0))
-    top = row.max() if row.max() > 0 else 1.0
+  for p, (name, row, k_t, unit) in enumerate(zip(task_names, table, chosen, units)):
+    x0, y0 = p * panel_w + left, top + height  # Origin of this panel's axes.
+    y_max = row.max() * 1.15 if row.max() > 0 else 1.0
+
+    def y_of(value, y_max=y_max, y0=y0):
+      return int(round(y0 - height * value / y_max))
+
+    draw.text((p * panel_w + 4, 2), f"{name}: {unit}", fill=black)
+    for tick in np.linspace(0.0, y_max, 4):
+      y = y_of(tick)
+      draw.line([x0 - 3, y, x0, y], fill=black)
+      draw.text((x0 - 60, y - 5), f"{tick:8.3g}", fill=black)
     for k, v in enumerate(row):
-      bar_h = int(round((height - 20) * v / top))
-      x = x0 + k * (bar_width + 6)
+      x = x0 + 6 + k * (bar_width + 8)
       colour = (214, 39, 40) if k == k_t else (31, 119, 180)
-      draw.rectangle([x, height - bar_h, x + bar_width, height], fill=colour)
-      draw.text((x + 4, height + 4), str(k), fill=(0, 0, 0))
+      draw.rectangle([x, y_of(v), x + bar_width, y0 - 1], fill=colour)
+      draw.text((x, y_of(v) - 11), f"{v:.3g}", fill=black)
+      draw.text((x + bar_width // 2 - 3, y0 + 4), str(k), fill=black)
+    draw.line([x0, top, x0, y0], fill=black)  # Axes last: on top of the bars.
+    draw.line([x0, y0, x0 + table.shape[1] * (bar_width + 8), y0], fill=black)
+    if tau is not None:
+      limit = (1.0 + tau) * row.min()
+      y = y_of(limit)
+      for x in range(x0, x0 + table.shape[1] * (bar_width + 8), 8):  # Dashed.
+        draw.line([x, y, x + 4, y], fill=grey)
+      draw.text((p * panel_w + 4, 14), f"- - - limit (1+{tau:g}) x min = {limit:.3g}",
+                fill=grey)
+    draw.text((x0, y0 + 18), "k = shared decoder blocks", fill=black)
   return np.asarray(picture)
 
 
 def save_png(path: str, image: np.ndarray) -> None:
-  Image.fromarray(np.asarray(image)).save(path)
+  """Writes a uint8 picture as PNG, atomically, locally or in a bucket (``gs://``)."""
+  storage.write_png(path, image)

@@ -74,16 +74,25 @@ def test_determinism_and_seeds():
   assert not np.array_equal(a[0]["image"], b[0]["image"])
 
 
-def test_train_process_shards_are_disjoint_and_cover():
+def test_global_batches_do_not_depend_on_the_process_count():
+  """Two processes' halves, stacked in process order, are exactly the one-process batch
+  (same examples, same augmentation), across epochs and after a resume."""
   src = make_source(10)
-  shards = []
-  for p in range(2):
-    it = train_iter(src, batch=10, process_index=p, process_count=2)
-    first, second = take(it, 2)
-    assert first["image"].shape[0] == 5  # per-process batch = 10 / 2
-    shards.append(set(ids(first)))
-    assert set(ids(second)) == shards[-1]  # a process only ever sees its own shard
-  assert shards[0].isdisjoint(shards[1]) and shards[0] | shards[1] == set(range(10))
+  whole = take(train_iter(src, batch=4, seed=2), 6)  # 6 x 4 > 2 epochs of 10
+  halves = [take(train_iter(src, batch=4, seed=2, process_index=p, process_count=2), 6)
+            for p in range(2)]
+  for step, batch in enumerate(whole):
+    assert halves[0][step]["image"].shape[0] == 2  # per-process batch = 4 / 2
+    for key in batch:
+      np.testing.assert_array_equal(
+          np.concatenate([halves[0][step][key], halves[1][step][key]]), batch[key])
+    assert set(ids(halves[0][step])).isdisjoint(ids(halves[1][step]))
+  it = train_iter(src, batch=4, seed=2, process_index=1, process_count=2)
+  take(it, 3)
+  resumed = input_pipeline.restore_iterator(
+      train_iter(src, batch=4, seed=2, process_index=1, process_count=2),
+      input_pipeline.iterator_state(it))
+  assert_batches_equal(take(resumed, 3), halves[1][3:])
 
 
 def test_eval_padding_mask_and_values():
