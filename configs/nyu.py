@@ -1,12 +1,15 @@
 """Amalgamating NYUv2 parsing and depth teachers (the KamalEngine recipe, docs/method.md §1).
 
-Teachers: directories from `python -m kajax.convert_torch` (or `configs/teacher_nyu_*.py`).
+Teachers: directories from `python -m kajax.convert_torch` (or `configs/teacher_nyu_*.py`);
+data: `python -m kajax.build_data --dataset=nyuv2/labeled_mat --manual_dir=DIR`.
 Student: Adam 1e-4, wd 1e-4, cosine, batch 16, 5,000 block-wise + 5,000 fine-tuning steps
 on the 795 training images *without labels*; resized to 240x320, random 240x240 crops;
 branch search on a held-out tenth of train; evaluated on the 654 test images at 240x320.
 
-  python -m kajax.main --config=configs/nyu.py --workdir=DIR \
-      --config.teachers.seg.dir=/path/seg_teacher --config.teachers.depth.dir=/path/depth_teacher
+  python -m kajax.main --config=configs/nyu.py --workdir=nyu_student \
+      --config.teachers.seg.dir=teachers/seg --config.teachers.depth.dir=teachers/depth
+
+(paths relative to the current directory, as in a shell).
 """
 
 from kajax import config_blocks
@@ -22,8 +25,7 @@ def get_config(arg=None):
                                     color_jitter=(0.0, 0.0, 0.0)))
   c.checkpoint_every = 500
   c.log_every = 50
-  if args.tiny:
-    c.dataset = "nyuv2/mtan_npy"
+  if args.tiny:  # The README's walkthrough in seconds (tests, on fake NYUv2 files).
     config_blocks.shrink_amalgamation(c)
     c.input.image_size, c.input.crop_size = (64, 96), (64, 64)
   return config_blocks.apply_common_args(c, args)

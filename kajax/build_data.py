@@ -1,31 +1,51 @@
 """Builds one of kajax's TFDS datasets into array_record files (no TensorFlow needed).
 
-  python -m kajax.build_data --dataset=synthetic_rooms/small --data_dir=~/tensorflow_datasets
+  python -m kajax.build_data --dataset=synthetic_rooms/small
   python -m kajax.build_data --dataset=synthetic_rooms/small --data_dir=DIR \\
       --split_sizes=teacher_seg=200,teacher_depth=200,unlabeled=500
-  python -m kajax.build_data --dataset=nyuv2/labeled_mat --data_dir=DIR --manual_dir=DOWNLOADS
+  python -m kajax.build_data --dataset=nyuv2/labeled_mat --manual_dir=DOWNLOADS
 
-Afterwards read a split with ``tfds.data_source(NAME/CONFIG, data_dir=DIR, split=...)``.
-``--split_sizes`` / ``--scale`` build a variant of a config with other split sizes (for
-builders that offer ``make_config``, e.g. synthetic_rooms) and print its config name.
+``--data_dir`` defaults to where training looks (a config's ``data_dir=''``): $TFDS_DATA_DIR,
+else ~/tensorflow_datasets. Afterwards read a split with
+``tfds.data_source(NAME/CONFIG, data_dir=DIR, split=...)``. ``--split_sizes`` / ``--scale``
+build a variant of a config with other split sizes (for builders that offer ``make_config``,
+e.g. synthetic_rooms) and print its config name.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import sys
+from typing import Any
 
 from absl import app, flags
 
-_DATASET = flags.DEFINE_string("dataset", None, "NAME/CONFIG, e.g. synthetic_rooms/small.")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory to write into.")
-_MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Folder holding manually downloaded "
-                                  "files (datasets that need them say which).")
-_SPLIT_SIZES = flags.DEFINE_string("split_sizes", None, "Comma-separated SPLIT=N overrides, "
-                                   "e.g. teacher_seg=200,unlabeled=500.")
-_SCALE = flags.DEFINE_float("scale", None, "Multiply every split size by this factor.")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Rebuild even if the dataset exists.")
-flags.mark_flags_as_required(["dataset", "data_dir"])
+from kajax import cli
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> dict[str, flags.FlagHolder]:
+  """Defines this CLI's flags on ``flag_values``."""
+  holders = {
+      "dataset": flags.DEFINE_string("dataset", None, "NAME/CONFIG, e.g. "
+                                     "synthetic_rooms/small or nyuv2/labeled_mat.",
+                                     flag_values=flag_values),
+      "data_dir": flags.DEFINE_string("data_dir", None, "TFDS data directory to write into "
+                                      "(default: $TFDS_DATA_DIR, else ~/tensorflow_datasets: "
+                                      "where training reads).", flag_values=flag_values),
+      "manual_dir": flags.DEFINE_string("manual_dir", None, "Folder holding manually "
+                                        "downloaded files (datasets that need them say which).",
+                                        flag_values=flag_values),
+      "split_sizes": flags.DEFINE_string("split_sizes", None, "Comma-separated SPLIT=N "
+                                         "overrides, e.g. teacher_seg=200,unlabeled=500.",
+                                         flag_values=flag_values),
+      "scale": flags.DEFINE_float("scale", None, "Multiply every split size by this factor.",
+                                  lower_bound=0.0, flag_values=flag_values),
+      "overwrite": flags.DEFINE_bool("overwrite", False, "Rebuild even if the dataset exists.",
+                                     flag_values=flag_values),
+  }
+  flags.mark_flag_as_required("dataset", flag_values=flag_values)
+  return holders
 
 
 def kajax_builders() -> dict:
@@ -95,14 +115,14 @@ def build(builder, manual_dir: str | None = None, overwrite: bool = False) -> No
   builder.download_and_prepare(file_format="array_record", download_config=config)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  sizes = parse_split_sizes(_SPLIT_SIZES.value) if _SPLIT_SIZES.value else None
-  data_dir = os.path.abspath(os.path.expanduser(_DATA_DIR.value))
-  manual_dir = os.path.expanduser(_MANUAL_DIR.value) if _MANUAL_DIR.value else None
-  builder = make_builder(_DATASET.value, data_dir, sizes, _SCALE.value)
-  build(builder, manual_dir, _OVERWRITE.value)
+def run(args: Any) -> None:
+  """Builds ``args.dataset`` and prints where its splits are."""
+  from kajax import data_sources  # TFDS and JAX: imported after the flags are parsed.
+  sizes = parse_split_sizes(args.split_sizes) if args.split_sizes else None
+  data_dir = data_sources.resolve_data_dir(args.data_dir)
+  manual_dir = os.path.expanduser(args.manual_dir) if args.manual_dir else None
+  builder = make_builder(args.dataset, data_dir, sizes, args.scale)
+  build(builder, manual_dir, args.overwrite)
   full_name = f"{builder.name}/{builder.builder_config.name}" if builder.builder_config \
       else builder.name
   print(f"\n{full_name} in {builder.data_dir}")
@@ -111,6 +131,16 @@ def main(argv):
   print(f"Read with tfds.data_source({full_name!r}, data_dir={data_dir!r}, split=...)")
 
 
+def _manual_download_help() -> str:
+  """What each kajax dataset that needs downloaded files says about them (for --help)."""
+  parts = [f"\nDataset {name} (--dataset={name}/CONFIG):\n\n{cls.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+           for name, cls in sorted(kajax_builders().items())
+           if getattr(cls, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)]
+  return "".join(parts)
+
+
 if __name__ == "__main__":
   os.environ.setdefault("NO_GCE_CHECK", "true")  # no metadata-server probe from TFDS
-  app.run(main)
+  if any(a.startswith("--help") or a in ("-h", "-?") for a in sys.argv[1:]):
+    __doc__ += _manual_download_help()  # absl's --help prints the main module's docstring.
+  cli.run(define_flags, run, cli.USER_ERRORS + (app.UsageError,))

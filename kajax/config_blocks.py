@@ -174,7 +174,7 @@ def nyu_teacher(task, args=ConfigArgs()):
   c.log_every = 50
   if args.tiny:
     shrink_teacher(c)
-    c.dataset = "nyuv2/mtan_npy"
+    c.dataset = "nyuv2/labeled_mat"  # The README's data, from (fake) files in tests.
     c.input.image_size, c.input.crop_size = (64, 96), (64, 64)
   return apply_common_args(c, args)
 
@@ -198,10 +198,11 @@ def amalgamation_config(tasks, dataset, *, unlabeled_split, branch_split, test_s
   c = ml_collections.ConfigDict()
   c.mode = "amalgamate"  # or 'evaluate' on a finished workdir
   c.tasks = tuple(tasks)
-  # One block per task: dir (teacher directory; relative = inside the workdir) and
+  # One block per task: dir (a teacher directory; a path typed on the command line is
+  # relative to the current directory, '{workdir}/...' is inside the run's workdir) and
   # optionally train_config (a teacher config used when dir holds no teacher yet).
-  c.teachers = ml_collections.ConfigDict({t: {"dir": f"teachers/{t}", "train_config": None}
-                                          for t in tasks})
+  c.teachers = ml_collections.ConfigDict(
+      {t: {"dir": f"{{workdir}}/teachers/{t}", "train_config": None} for t in tasks})
   c.trunk_task = "seg" if "seg" in tasks else tasks[0]  # initialises encoder + trunk
   c.gate_form = "identity"  # identity (2*sigmoid, starts at 1) | port (KamalEngine)
   c.dataset = dataset

@@ -13,26 +13,23 @@ The SegNet preset (vgg11/13/16/19) comes from the number of convs per encoder bl
 width multiplier from down1's channels. Every problem (missing, unexpected or misshapen keys)
 is collected and reported at once in a :class:`ConversionError`.
 
-CLI::
+CLI (``--num_outputs`` is read from the checkpoint's head when left out)::
 
-  python -m kajax.convert_torch --checkpoint=segnet.pth --num_outputs=13 --task=seg \
-      --output_dir=teachers/seg
+  python -m kajax.convert_torch --checkpoint=segnet.pth --task=seg --output_dir=teachers/seg
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import re
-import sys
 from typing import Any, Mapping
 
 import jax
 import numpy as np
+from absl import flags
 
-from kajax import segnet
-from kajax import teacher_files
+from kajax import cli, segnet, teacher_files
 
 LAYOUT_HEADS = {"kamalengine": "conv", "semseg": "conv_bn_relu"}
 _WRAPPER_KEYS = ("model_state", "state_dict", "model")
@@ -181,6 +178,21 @@ def detect_width_multiplier(sd: Mapping[str, Any], layout: str) -> float:
   return np.shape(sd[key])[0] / segnet.BASE_WIDTHS[0]
 
 
+def _head_bias_key(layout: str, arch: str) -> str:
+  """PyTorch name of the bias of the last conv of ``up1``: its length is the output count."""
+  return _torch_name(layout, "up1", segnet.convs_per_block(arch)[0] - 1, "conv", "bias")
+
+
+def detect_num_outputs(sd: Mapping[str, Any]) -> int:
+  """Output channels of the checkpoint's head (classes / 1 for depth / 3 for normals)."""
+  layout, _, arch = detect_layout(sd)
+  key = _head_bias_key(layout, arch)
+  if np.ndim(sd.get(key)) != 1:
+    raise ConversionError([f"missing key {key} (the head's bias, which gives the number of "
+                           "outputs); pass --num_outputs to convert anyway"])
+  return int(np.shape(sd[key])[0])
+
+
 def _torch_name(layout: str, block: str, layer: int, module: str, leaf: str) -> str:
   sub = 0 if module == "conv" else 1  # Sequential(conv, bn, relu)
   torch_leaf = (_CONV_LEAVES if module == "conv" else _BN_LEAVES)[leaf]
@@ -265,19 +277,21 @@ def convert_state_dict(sd: Mapping[str, Any], num_outputs: int, arch: str | None
     return _convert(expected, sd, name_of)
   except ConversionError as e:
     # The most likely user error gets a direct hint before the list of shape mismatches.
-    head_key = name_of(("up1", f"layer{segnet.convs_per_block(arch)[0] - 1}", "conv", "bias"))
+    head_key = _head_bias_key(layout, arch)
     found = np.shape(sd[head_key])[0] if np.ndim(sd.get(head_key)) == 1 else None
     hint = ([f"the checkpoint has {found} outputs ({head_key}) but num_outputs={num_outputs}; "
-             f"pass --num_outputs={found} if that is intended"]
+             f"pass --num_outputs={found} (or leave it out: it is read from the head)"]
             if found is not None and found != num_outputs else [])
     raise ConversionError(hint + e.problems) from None
 
 
-def _build(path: str | os.PathLike, num_outputs: int
+def _build(path: str | os.PathLike, num_outputs: int | None
            ) -> tuple[segnet.SegNet, dict[str, Any], str]:
   sd = load_torch_checkpoint(path)
   try:
     layout, head, arch = detect_layout(sd)
+    if num_outputs is None:
+      num_outputs = detect_num_outputs(sd)
     width = detect_width_multiplier(sd, layout)
     variables = convert_state_dict(sd, num_outputs, arch, width)
   except ConversionError as e:
@@ -287,11 +301,12 @@ def _build(path: str | os.PathLike, num_outputs: int
   return segnet.SegNet(num_outputs, arch, width, head), variables, layout
 
 
-def build_teacher(path: str | os.PathLike, num_outputs: int
+def build_teacher(path: str | os.PathLike, num_outputs: int | None = None
                   ) -> tuple[segnet.SegNet, dict[str, Any]]:
   """Loads and converts a checkpoint file into (SegNet module, float32 variables).
 
-  The module carries the detected ``arch``, ``head`` and ``width_multiplier``.
+  The module carries the detected ``arch``, ``head`` and ``width_multiplier``, and
+  ``num_outputs`` (read from the head when None; checked against it otherwise).
 
   Raises:
     ConversionError: naming the file and listing every problem.
@@ -337,53 +352,52 @@ def _sha256(path: str) -> str:
   return digest.hexdigest()
 
 
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-      prog="python -m kajax.convert_torch",
-      description="Convert a PyTorch SegNet checkpoint into a kajax teacher directory.")
-  parser.add_argument("--checkpoint", required=True,
-                      help=".pth/.pt/.pkl written by torch.save, or .npz of named arrays")
-  parser.add_argument("--num_outputs", required=True, type=int,
-                      help="output channels: classes for seg, 1 for depth, 3 for normals")
-  parser.add_argument("--task", required=True, choices=teacher_files.TASKS)
-  parser.add_argument("--output_dir", required=True, help="teacher directory to create")
-  parser.add_argument("--overwrite", action="store_true",
-                      help="replace an existing non-empty --output_dir")
-  args = parser.parse_args(argv)
-  if args.num_outputs < 1:
-    parser.error(f"--num_outputs must be >= 1, got {args.num_outputs}")
-  return args
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> dict[str, flags.FlagHolder]:
+  """Defines this CLI's flags on ``flag_values``."""
+  holders = {
+      "checkpoint": flags.DEFINE_string("checkpoint", None, ".pth/.pt/.pkl written by "
+                                        "torch.save (needs torch), or .npz of named arrays.",
+                                        flag_values=flag_values),
+      "task": flags.DEFINE_enum("task", None, list(teacher_files.TASKS), "What the teacher "
+                                "predicts.", flag_values=flag_values),
+      "output_dir": flags.DEFINE_string("output_dir", None, "Teacher directory to create "
+                                        "(relative to the current directory).",
+                                        flag_values=flag_values),
+      "num_outputs": flags.DEFINE_integer("num_outputs", None, "Output channels (classes for "
+                                          "seg, 1 for depth, 3 for normals); default: read "
+                                          "from the checkpoint's head, checked when given.",
+                                          lower_bound=1, flag_values=flag_values),
+      "overwrite": flags.DEFINE_bool("overwrite", False, "Replace an existing non-empty "
+                                     "--output_dir.", flag_values=flag_values),
+  }
+  flags.mark_flags_as_required(["checkpoint", "task", "output_dir"], flag_values=flag_values)
+  return holders
 
 
-def main(argv: list[str] | None = None) -> int:
-  """CLI entry point; returns the process exit code (0 ok, 1 conversion failed)."""
-  args = _parse_args(argv)
-  out = os.path.abspath(args.output_dir)
+def run(args: Any) -> None:
+  """Converts ``args.checkpoint`` into the teacher directory ``args.output_dir``.
+
+  Raises:
+    ConversionError: listing every problem of the checkpoint (nothing is written).
+    ImportError: a .pth file and no torch installed.
+    FileExistsError: ``output_dir`` is not empty and ``overwrite`` is False.
+  """
+  out = os.path.abspath(os.path.expanduser(args.output_dir))
   if os.path.isdir(out) and os.listdir(out) and not args.overwrite:
-    print(f"error: --output_dir {out} exists and is not empty; pass --overwrite to "
-          "replace it.", file=sys.stderr)
-    return 1
-  try:
-    module, variables, layout = _build(args.checkpoint, args.num_outputs)
-  except ConversionError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+    raise FileExistsError(f"--output_dir {out} exists and is not empty; pass --overwrite to "
+                          "replace it.")
+  module, variables, layout = _build(args.checkpoint, args.num_outputs)
   info = teacher_files.TeacherInfo(
-      task=args.task, num_outputs=args.num_outputs, arch=module.arch, head=module.head,
+      task=args.task, num_outputs=module.num_outputs, arch=module.arch, head=module.head,
       width_multiplier=float(module.width_multiplier),
       params=segnet.count_params(variables["params"]),
       source=os.path.abspath(args.checkpoint), source_sha256=_sha256(args.checkpoint))
-  try:
-    teacher_files.save_teacher(out, variables, info, overwrite=args.overwrite)
-  except (FileExistsError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  teacher_files.save_teacher(out, variables, info, overwrite=args.overwrite)
   print(f"Converted {args.checkpoint}\n  layout: {layout}\n  arch: {info.arch}\n"
         f"  head: {info.head}\n  width multiplier: {info.width_multiplier}\n"
         f"  task: {info.task} ({info.num_outputs} outputs)\n  params: {info.params:,}\n"
         f"  output dir: {out}")
-  return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.run(define_flags, run, cli.USER_ERRORS + (ConversionError,))

@@ -3,7 +3,13 @@
 ``config.teachers`` maps each task to a block with ``dir`` (a teacher directory: converted
 from PyTorch by ``kajax.convert_torch`` or exported by teacher training) and optionally
 ``train_config`` (a teacher config used to train it first when ``dir`` holds no teacher —
-how the demo gets its teachers). Relative ``dir`` paths are taken inside the workdir.
+how the demo gets its teachers).
+
+``dir`` means what it means in a shell: a relative path is taken from the current directory
+(``--config.teachers.seg.dir=teachers/seg`` right after ``convert_torch
+--output_dir=teachers/seg``). Only a path starting with ``{workdir}`` is inside the run's
+workdir: the demo's default ``{workdir}/teachers/<task>`` keeps the teachers it trains next
+to the student.
 """
 
 from __future__ import annotations
@@ -27,9 +33,34 @@ class Teacher:
   info: teacher_files.TeacherInfo
 
 
+WORKDIR_PREFIX = "{workdir}"
+
+
+def resolve_dir(path: str, workdir: str) -> str:
+  """``{workdir}/x`` -> WORKDIR/x (also in a ``gs://`` workdir); otherwise a user-typed path:
+  ``~`` expanded, relative -> from the current directory, URLs unchanged."""
+  if path.startswith(WORKDIR_PREFIX):
+    return storage.join(workdir, path[len(WORKDIR_PREFIX):].lstrip("/"))
+  return os.fspath(storage.resolve(path))
+
+
 def teacher_dir(config: ml_collections.ConfigDict, task: str, workdir: str) -> str:
-  path = os.path.expanduser(config.teachers[task].dir)
-  return path if os.path.isabs(path) or storage.is_url(path) else storage.join(workdir, path)
+  """The resolved ``--config.teachers.<task>.dir`` (see :func:`resolve_dir`)."""
+  return resolve_dir(config.teachers[task].dir, workdir)
+
+
+def _missing_teacher_hint(config: ml_collections.ConfigDict, task: str, workdir: str) -> str:
+  """Points at a teacher inside the workdir when a relative dir was meant as one."""
+  typed = config.teachers[task].dir
+  if (typed.startswith(WORKDIR_PREFIX) or storage.is_url(typed)
+      or os.path.isabs(os.path.expanduser(typed))):
+    return ""
+  inside = storage.join(workdir, typed)
+  if teacher_files.is_teacher_dir(inside):
+    return (f" (There is one in {inside}: relative paths are taken from the current "
+            f"directory; write --config.teachers.{task}.dir={WORKDIR_PREFIX}/{typed} to use "
+            "the workdir's.)")
+  return ""
 
 
 def ensure_teachers(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -43,9 +74,11 @@ def ensure_teachers(config: ml_collections.ConfigDict, workdir: str) -> None:
     block = config.teachers[task]
     if not block.get("train_config"):
       raise FileNotFoundError(
-          f"No teacher for task {task!r} in {path} (--config.teachers.{task}.dir). Convert a "
+          f"No teacher for task {task!r} in {path} (--config.teachers.{task}.dir="
+          f"{block.dir}). Convert a "
           "PyTorch checkpoint there with `python -m kajax.convert_torch --checkpoint=... "
-          f"--task={task} --output_dir={path}`, or train one with a teacher config.")
+          f"--task={task} --output_dir={path}`, or train one with a teacher config."
+          + _missing_teacher_hint(config, task, workdir))
     teacher_config = ml_collections.ConfigDict(block.train_config)
     with teacher_config.unlocked():
       teacher_config.export_dir = path

@@ -4,6 +4,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import types
 
 import jax
 import numpy as np
@@ -155,6 +156,12 @@ def _sha256(path):
     return hashlib.sha256(f.read()).hexdigest()
 
 
+def _args(checkpoint, output_dir, task="seg", num_outputs=None, overwrite=False):
+  """What ``python -m kajax.convert_torch`` passes to ``run`` after parsing its flags."""
+  return types.SimpleNamespace(checkpoint=str(checkpoint), output_dir=str(output_dir),
+                               task=task, num_outputs=num_outputs, overwrite=overwrite)
+
+
 @pytest.mark.parametrize("layout,wrap,name", [
     ("kamalengine", "state_dict", "teacher.pth"),
     ("semseg", "model_state", "segnet_best_model.pkl")])
@@ -165,11 +172,10 @@ def test_cli_round_trip(tmp_path, capsys, layout, wrap, name):
   ckpt = tmp_path / name
   torch.save({wrap: sd, "epoch": 3}, ckpt)
   out_dir = tmp_path / "teachers" / "seg"
-  code = convert_torch.main([f"--checkpoint={ckpt}", "--num_outputs=13", "--task=seg",
-                             f"--output_dir={out_dir}"])
-  assert code == 0
+  convert_torch.run(_args(ckpt, out_dir))  # --num_outputs left out: read from the head
   summary = capsys.readouterr().out
   assert layout in summary and "segnet_vgg16_bn" in summary and str(out_dir) in summary
+  assert "13 outputs" in summary
 
   module, variables, info = teacher_files.load_teacher(out_dir)
   assert (info.task, info.num_outputs, info.arch) == ("seg", 13, "segnet_vgg16_bn")
@@ -184,18 +190,17 @@ def test_cli_round_trip(tmp_path, capsys, layout, wrap, name):
   got, _ = _flax_run(module, variables, x)
   assert _rel_err(got, want) < 1e-4
   # Converting again into the same directory needs --overwrite.
-  args = [f"--checkpoint={ckpt}", "--num_outputs=13", "--task=seg", f"--output_dir={out_dir}"]
-  assert convert_torch.main(args) == 1
-  assert "--overwrite" in capsys.readouterr().err
-  assert convert_torch.main(args + ["--overwrite"]) == 0
+  with pytest.raises(FileExistsError, match="--overwrite"):
+    convert_torch.run(_args(ckpt, out_dir, num_outputs=13))
+  convert_torch.run(_args(ckpt, out_dir, num_outputs=13, overwrite=True))
 
 
 def _leftovers(parent):
   return sorted(p for p in os.listdir(parent) if not p.endswith((".pth", ".npz")))
 
 
-@pytest.mark.parametrize("defect", ["truncated", "shape", "missing"])
-def test_cli_failures_exit_nonzero_and_leave_nothing(tmp_path, capsys, defect):
+@pytest.mark.parametrize("defect", ["truncated", "shape", "missing", "num_outputs"])
+def test_cli_failures_name_the_problem_and_leave_nothing(tmp_path, defect):
   sd = _torch_model(13, "kamalengine").state_dict()
   ckpt = tmp_path / "bad.pth"
   if defect == "shape":
@@ -207,33 +212,53 @@ def test_cli_failures_exit_nonzero_and_leave_nothing(tmp_path, capsys, defect):
     data = ckpt.read_bytes()
     ckpt.write_bytes(data[:len(data) // 2])
   out_dir = tmp_path / "out"
-  code = convert_torch.main([f"--checkpoint={ckpt}", "--num_outputs=13", "--task=seg",
-                             f"--output_dir={out_dir}"])
-  assert code == 1
-  err = capsys.readouterr().err
-  assert str(ckpt) in err
+  with pytest.raises(convert_torch.ConversionError) as e:
+    convert_torch.run(_args(ckpt, out_dir, num_outputs=1 if defect == "num_outputs" else 13))
+  assert str(ckpt) in str(e.value)
   expected = {"truncated": "cannot read", "shape": "up3.layers.0.0.weight",
-              "missing": "down4.layers.1.0.bias"}[defect]
-  assert expected in err
+              "missing": "down4.layers.1.0.bias",
+              "num_outputs": "has 13 outputs (up1.layers.1.0.bias) but num_outputs=1"}[defect]
+  assert expected in str(e.value)
   assert not out_dir.exists()
   assert _leftovers(tmp_path) == []
 
 
-def test_cli_subprocess_missing_key(tmp_path):
+def test_num_outputs_is_read_from_the_head():
+  for layout, n in (("kamalengine", 13), ("semseg", 1), ("semseg", 3)):
+    sd = {k: v.numpy() for k, v in _torch_model(n, layout).state_dict().items()}
+    assert convert_torch.detect_num_outputs(sd) == n
+  del sd["up1.conv2.cbr_unit.0.bias"]  # semseg vgg16: up1 has two convs
+  with pytest.raises(convert_torch.ConversionError, match="pass --num_outputs"):
+    convert_torch.detect_num_outputs(sd)
+
+
+def _run_cli(args, cwd, block_torch=False):
+  """``python -m kajax.convert_torch ARGS`` (torch made unimportable if asked)."""
+  command = [sys.executable, "-m", "kajax.convert_torch", *args]
+  if block_torch:  # As if torch were not installed: importing it raises ImportError.
+    command = [sys.executable, "-c", "import sys, runpy; sys.modules['torch'] = None; "
+               "runpy.run_module('kajax.convert_torch', run_name='__main__')", *args]
+  return subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=300,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+def test_cli_subprocess_errors_are_one_line(tmp_path):
   sd = {k: v.numpy() for k, v in _torch_model(1, "semseg").state_dict().items()}
   del sd["up1.conv2.cbr_unit.1.running_mean"]
-  ckpt = tmp_path / "depth.npz"
-  np.savez(ckpt, **sd)
-  out_dir = tmp_path / "depth_teacher"
-  proc = subprocess.run(
-      [sys.executable, "-m", "kajax.convert_torch", f"--checkpoint={ckpt}", "--num_outputs=1",
-       "--task=depth", f"--output_dir={out_dir}"],
-      capture_output=True, text=True, cwd=REPO, timeout=120,
-      env={**os.environ, "JAX_PLATFORMS": "cpu"})
-  assert proc.returncode == 1, proc.stderr
-  assert "missing key up1.conv2.cbr_unit.1.running_mean" in proc.stderr
-  assert "Traceback" not in proc.stderr
-  assert not out_dir.exists() and _leftovers(tmp_path) == []
+  np.savez(tmp_path / "depth.npz", **sd)
+  torch.save(_torch_model(1, "semseg").state_dict(), tmp_path / "depth.pth")
+  # Relative paths, from the directory that holds the files.
+  missing_key = _run_cli(["--checkpoint=depth.npz", "--task=depth",
+                          "--output_dir=depth_teacher"], cwd=tmp_path)
+  no_torch = _run_cli(["--checkpoint=depth.pth", "--task=depth", "--output_dir=t"],
+                      cwd=tmp_path, block_torch=True)
+  for proc in (missing_key, no_torch):
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.startswith("error: ")
+  assert "missing key up1.conv2.cbr_unit.1.running_mean" in missing_key.stderr
+  assert len(no_torch.stderr.strip().splitlines()) == 1
+  assert "pip install -e '.[torch]'" in no_torch.stderr and "depth.pth" in no_torch.stderr
+  assert _leftovers(tmp_path) == []
 
 
 def test_npz_input_matches_torch_file(tmp_path):

@@ -47,7 +47,11 @@ with normals), from https://www.dropbox.com/sh/86nssgwm6hm3vkb/AACrnUQ4GxpdrBbLj
 `train/{{image,label,depth,normal}}/0.npy ...` and `val/...` (a `nyuv2/` folder around them
 is also accepted).
 
-Then build in Python (the `tfds build` command line needs TensorFlow; this does not):
+Then build (the `tfds build` command line needs TensorFlow; this does not):
+
+  python -m kajax.build_data --dataset=nyuv2/labeled_mat --manual_dir=MANUAL_DIR
+
+or in Python:
 
   import tensorflow_datasets as tfds
   import kajax.datasets.nyuv2  # registers the builder
