@@ -1,7 +1,9 @@
 """The deployable (pruned) student: only the blocks its branch points use, saved once.
 
 A student directory holds ``student.json`` (tasks, output channels, heads, geometry, gate form,
-branch points, per-task readout settings, parameter count) and ``variables/`` (Orbax). Blocks
+branch points, per-task readout settings, parameter count, and ``input``: the resolution
+``image_size`` [H, W] it was trained at and the RGB ``mean``/``std`` its inputs are normalised
+with, which ``kajax.predict`` repeats) and ``variables/`` (Orbax). Blocks
 that no task uses — trunk blocks past the deepest branch point, the gates of other candidate
 branch points — are not part of ``kajax.student.Student`` and so never exported; KamalEngine
 keeps them (a known defect).
@@ -23,11 +25,14 @@ VARIABLES_DIR = "variables"
 
 
 def save_student(out_dir: str, spec: student_spec.StudentSpec, branch_points: Sequence[int],
-                 variables: Any, extras: Mapping[str, Mapping[str, Any]]) -> str:
+                 variables: Any, extras: Mapping[str, Mapping[str, Any]],
+                 input_info: Mapping[str, Any] | None = None) -> str:
   """Writes the student directory atomically (``kajax.storage.atomic_directory``).
 
   Called by every process: process 0 writes, then all wait until it is written, so every
-  process may read it when this returns.
+  process may read it when this returns. ``input_info``: ``{'image_size': [H, W], 'mean':
+  [3], 'std': [3]}`` of training (``kajax.input_pipeline.image_size_and_normalization``);
+  None for unknown.
   """
   out_dir = os.fspath(storage.resolve(out_dir))
   variables = jax.tree_util.tree_map(np.asarray, jax.device_get(variables))
@@ -39,6 +44,8 @@ def save_student(out_dir: str, spec: student_spec.StudentSpec, branch_points: Se
       "extras": {t: dict(extras.get(t, {})) for t in spec.tasks},
       "params": segnet.count_params(variables["params"]),
   }
+  if input_info is not None:
+    info["input"] = dict(input_info)
   if multihost.is_main_process():
     with storage.atomic_directory(out_dir, INFO_FILE) as tmp:
       checkpointer = teacher_files.process_local_checkpointer()  # Process 0 writes alone.
@@ -52,13 +59,18 @@ def save_student(out_dir: str, spec: student_spec.StudentSpec, branch_points: Se
   return out_dir
 
 
-def load_student(student_dir: str) -> tuple[student_model.Student, Any, dict[str, Any]]:
-  """Loads a student directory. Returns (module, variables, info)."""
+def read_info(student_dir: str) -> dict[str, Any]:
+  """The ``student.json`` of a student directory (cheap: no variables are read)."""
   info_path = epath.Path(student_dir) / INFO_FILE
   if not info_path.exists():
     raise FileNotFoundError(f"{student_dir} is not an exported kajax student (no {INFO_FILE}"
                             "); point at WORKDIR/student of a finished amalgamation run.")
-  info = storage.read_json(info_path)
+  return storage.read_json(info_path)
+
+
+def load_student(student_dir: str) -> tuple[student_model.Student, Any, dict[str, Any]]:
+  """Loads a student directory. Returns (module, variables, info)."""
+  info = read_info(student_dir)
   spec = student_spec.StudentSpec(tuple(info["tasks"]), tuple(info["num_outputs"]),
                              tuple(info["heads"]), info["arch"], info["width_multiplier"],
                              info["gate_form"], info["trunk_task"])

@@ -76,6 +76,15 @@ def _get(config: Any, key: str) -> Any:
   return default_config()[key]
 
 
+def image_size_and_normalization(config: Any, source: Any) -> dict[str, list]:
+  """The resolution images enter the network at (``image_size``, else the source's) and the
+  RGB ``mean``/``std`` they are normalised with: what inference must repeat."""
+  size = _get(config, "image_size") or np.asarray(source[0]["image"]).shape[:2]
+  return {"image_size": [int(v) for v in size],
+          "mean": [float(v) for v in _get(config, "mean")],
+          "std": [float(v) for v in _get(config, "std")]}
+
+
 def _check_keys(config: Any) -> None:
   if config is None:
     return

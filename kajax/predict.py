@@ -1,12 +1,20 @@
 """Runs an exported (pruned) student on a folder of images and writes its predictions as PNGs.
 
   python -m kajax.predict --student_dir=WORKDIR/student --input_dir=PHOTOS --output_dir=OUT \\
-      [--image_size=240x320] [--batch_size=8]
+      [--batch_size=8] [--keep_size | --image_size=240x320]
 
 Every .png/.jpg/.jpeg/.bmp file directly in ``--input_dir`` (sorted by name; hidden files
-skipped) is converted to RGB, resized bilinearly to ``--image_size`` (default: its own size)
-and normalised with ImageNet statistics exactly like the evaluation pipeline
-(``kajax.augment.eval_transform``). For an image ``NAME.ext`` and the tasks the student has:
+skipped) is converted to RGB, resized bilinearly to its *network size* and normalised with the
+student's own statistics (``student.json`` ``input.mean``/``std``), exactly like the evaluation
+pipeline (``kajax.augment.eval_transform``). The network size is, by default, the training
+resolution recorded in ``student.json`` (``input.image_size``): an image is scaled so that its
+shorter side matches the training images' shorter side, keeping its aspect ratio (a 3024x4032
+photo and a 240x320 training resolution give 240x320; a portrait photo 320x240), so objects
+appear at the scale the student learnt. ``--keep_size`` feeds each image at its own size;
+``--image_size=HxW`` at a fixed size. Predictions are resized back to the original image size
+(nearest neighbour for class ids, bilinear for depth and normals, normals renormalised).
+
+For an image ``NAME.ext`` and the tasks the student has:
 
   * seg:     ``NAME_seg.png`` (colourised class map, ``kajax.visualize.PALETTE``) and
              ``NAME_seg_labels.png`` (class ids as 8-bit grey; 16-bit for > 256 classes);
@@ -15,22 +23,18 @@ and normalised with ImageNet statistics exactly like the evaluation pipeline
              (colour map, 0..``--preview_max_depth`` metres);
   * normals: ``NAME_normals.png`` (RGB = (n + 1) / 2 of the unit normal, camera coordinates).
 
-Resolution: predictions are written at the network's resolution, which is the resolution of
-the image fed to it (``--image_size`` if given, else the image's own size: SegNet's unpooling
-restores every pooled size). They are *not* resized back to the original image size; resize
-them yourself (nearest neighbour for labels) if you need that.
-
-Images of equal network size are batched together; a partial batch is padded up to a power of
-two (at most ``--batch_size``), so each image size compiles only a few programs. Existing files
-in ``--output_dir`` with the same names are replaced; input files are never written
-(``--output_dir`` must differ from ``--input_dir``).
+Large folders are streamed: only image headers are read up front (so an unreadable file
+stops the run before anything is written), then ``--batch_size`` images at a time are read,
+predicted and written, with a progress bar. Images of equal network size are batched
+together; a partial batch is padded up to a power of two (at most ``--batch_size``), so each
+size compiles only a few programs. Existing files in ``--output_dir`` with the same names are
+replaced; input files are never written (``--output_dir`` must differ from ``--input_dir``).
 
 Library use: :func:`predict_images` (in-memory uint8 images -> per-task predictions).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -43,8 +47,9 @@ import jax.numpy as jnp
 import numpy as np
 import PIL.Image
 import tqdm
+from absl import flags
 
-from kajax import augment, export, tasks, visualize
+from kajax import augment, cli, export, tasks, visualize
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 # Five 2x2 poolings need at least 32 pixels per side (kajax.segnet).
@@ -97,23 +102,73 @@ def _padded_size(n: int, batch_size: int) -> int:
   return min(size, batch_size)
 
 
+def training_size(info: Mapping[str, Any]) -> tuple[int, int] | None:
+  """The (H, W) the student was trained at (``student.json`` ``input.image_size``), if known."""
+  size = info.get("input", {}).get("image_size")
+  return (int(size[0]), int(size[1])) if size else None
+
+
+def network_size(image_hw: tuple[int, int], info: Mapping[str, Any], *,
+                 image_size: tuple[int, int] | None = None,
+                 keep_size: bool = False) -> tuple[int, int]:
+  """The size an image of ``image_hw`` enters the network at (see the module docstring).
+
+  ``image_size`` wins, then ``keep_size``; otherwise the image is scaled so that its shorter
+  side equals the training resolution's shorter side (aspect ratio kept). A student exported
+  without its training resolution keeps each image's size.
+  """
+  if image_size is not None:
+    return tuple(image_size)
+  train = training_size(info)
+  if keep_size or train is None:
+    return tuple(image_hw)
+  scale = min(train) / min(image_hw)
+  return (max(MIN_SIZE, round(image_hw[0] * scale)), max(MIN_SIZE, round(image_hw[1] * scale)))
+
+
+def _resize(array: np.ndarray, hw: tuple[int, int], nearest: bool) -> np.ndarray:
+  """(h, w) or (h, w, C) float/int array -> (H, W[, C]) with PIL, channel by channel."""
+  if array.shape[:2] == tuple(hw):
+    return array
+  method = PIL.Image.NEAREST if nearest else PIL.Image.BILINEAR
+  mode_dtype = np.int32 if nearest else np.float32  # PIL modes 'I' and 'F'
+  planes = array[..., None] if array.ndim == 2 else array
+  out = np.stack([np.asarray(PIL.Image.fromarray(planes[..., c].astype(mode_dtype))
+                             .resize((hw[1], hw[0]), method))
+                  for c in range(planes.shape[-1])], -1)
+  return out[..., 0].astype(array.dtype) if array.ndim == 2 else out.astype(array.dtype)
+
+
+def restore_size(prediction: Mapping[str, np.ndarray], hw: tuple[int, int]
+                 ) -> dict[str, np.ndarray]:
+  """One image's predictions resized to (H, W): nearest for class ids, bilinear otherwise."""
+  out = {}
+  for task, value in prediction.items():
+    value = _resize(value, hw, nearest=task == "seg")
+    if task == "normals":  # Interpolated unit vectors are shorter than 1.
+      value = value / np.maximum(np.linalg.norm(value, axis=-1, keepdims=True), 1e-6)
+    out[task] = value
+  return out
+
+
 def predict_images(module: Any, variables: Any, info: Mapping[str, Any],
                    images: Sequence[np.ndarray], *,
-                   image_size: tuple[int, int] | None = None,
+                   image_size: tuple[int, int] | None = None, keep_size: bool = False,
                    batch_size: int = DEFAULT_BATCH_SIZE) -> list[dict[str, np.ndarray]]:
-  """Runs the student on uint8 RGB images.
+  """Runs the student on uint8 RGB images; returns predictions at each image's own size.
 
   Args:
     module, variables, info: as returned by ``kajax.export.load_student``.
     images: uint8 arrays (H, W, 3), RGB; sizes may differ.
-    image_size: (H, W) every image is resized to (bilinear, as in evaluation); None keeps
-      each image's size. The network size must be at least 32x32.
+    image_size, keep_size: the network size (:func:`network_size`; default: the training
+      resolution). Images are resized to it bilinearly, as in evaluation; it must be at least
+      32x32.
     batch_size: images per forward pass; images of equal network size are batched together.
 
   Returns:
     One dict per image, in order, with an entry per task of :func:`predictable_tasks`, at the
-    network's resolution (h, w): ``seg`` int32 class ids (h, w) (argmax of the logits),
-    ``depth`` float32 metres (h, w), ``normals`` float32 unit vectors (h, w, 3).
+    image's resolution (H, W): ``seg`` int32 class ids (H, W) (argmax of the logits),
+    ``depth`` float32 metres (H, W), ``normals`` float32 unit vectors (H, W, 3).
   """
   if batch_size < 1:
     raise ValueError(f"batch_size={batch_size} must be at least 1.")
@@ -123,9 +178,12 @@ def predict_images(module: Any, variables: Any, info: Mapping[str, Any],
                      "kajax.predict cannot read its outputs.")
   extras = info.get("extras", {})
   readouts = tuple((t, json.dumps(extras.get(t, {}), sort_keys=True)) for t in task_names)
+  normalization = {k: tuple(info.get("input", {}).get(k, default)) for k, default in
+                   (("mean", augment.IMAGENET_MEAN), ("std", augment.IMAGENET_STD))}
   groups: dict[tuple[int, int], list[int]] = {}
   for i, image in enumerate(images):
-    h, w = image_size or _check_image(image, i).shape[:2]
+    h, w = network_size(_check_image(image, i).shape[:2], info, image_size=image_size,
+                        keep_size=keep_size)
     if h < MIN_SIZE or w < MIN_SIZE:
       raise ValueError(f"images[{i}] would enter the network at {h}x{w}; SegNet needs at "
                        f"least {MIN_SIZE}x{MIN_SIZE}. Pass a larger image_size.")
@@ -136,12 +194,13 @@ def predict_images(module: Any, variables: Any, info: Mapping[str, Any],
       chunk = indices[start:start + batch_size]
       batch = np.zeros((_padded_size(len(chunk), batch_size),) + size + (3,), np.float32)
       for row, i in enumerate(chunk):
-        # The evaluation pipeline's own resize + ImageNet normalisation.
-        batch[row] = augment.eval_transform({"image": _check_image(images[i], i)},
-                                            image_size=size, images_only=True)["image"]
+        # The evaluation pipeline's own resize + normalisation.
+        batch[row] = augment.eval_transform({"image": images[i]}, image_size=size,
+                                            images_only=True, **normalization)["image"]
       preds = jax.device_get(_forward_jit(module, readouts, variables, batch))
       for row, i in enumerate(chunk):
-        results[i] = {t: np.asarray(p[row]) for t, p in preds.items()}
+        results[i] = restore_size({t: np.asarray(p[row]) for t, p in preds.items()},
+                                  images[i].shape[:2])
   return results
 
 
@@ -238,67 +297,70 @@ def prepare_output_dir(output_dir: str, input_dir: str) -> str:
 
 # --- CLI ---------------------------------------------------------------------------------------
 
-def parse_image_size(text: str) -> tuple[int, int]:
-  """'240x320' -> (240, 320); argparse type with an error naming the flag."""
-  try:
-    h, w = (int(v) for v in text.lower().split("x"))
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"--image_size={text!r} must look like HxW, e.g. "
-                                      "240x320.") from None
-  if h < MIN_SIZE or w < MIN_SIZE:
-    raise argparse.ArgumentTypeError(f"--image_size={text!r}: SegNet needs at least "
-                                     f"{MIN_SIZE}x{MIN_SIZE}.")
-  return h, w
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> dict[str, flags.FlagHolder]:
+  """Defines this CLI's flags on ``flag_values``."""
+  holders = {
+      "student_dir": flags.DEFINE_string("student_dir", None, "Exported student "
+                                         "(WORKDIR/student of an amalgamation run).",
+                                         flag_values=flag_values),
+      "input_dir": flags.DEFINE_string("input_dir", None, "Folder of png/jpg/jpeg/bmp images.",
+                                       flag_values=flag_values),
+      "output_dir": flags.DEFINE_string("output_dir", None, "Folder for the predictions "
+                                        "(created if missing).", flag_values=flag_values),
+      "image_size": flags.DEFINE(cli.ImageSizeParser(), "image_size", None, "Network input "
+                                 "size HxW for every image (default: the training "
+                                 "resolution, aspect ratio kept).", flag_values),
+      "keep_size": flags.DEFINE_bool("keep_size", False, "Feed each image at its own size "
+                                     "instead of the training resolution.",
+                                     flag_values=flag_values),
+      "batch_size": flags.DEFINE_integer("batch_size", DEFAULT_BATCH_SIZE, "Images per "
+                                         "forward pass.", lower_bound=1,
+                                         flag_values=flag_values),
+      "preview_max_depth": flags.DEFINE_float("preview_max_depth", 10.0, "Metres mapped to "
+                                              "the brightest colour of the depth preview.",
+                                              lower_bound=1e-6, flag_values=flag_values),
+  }
+  flags.mark_flags_as_required(["student_dir", "input_dir", "output_dir"],
+                               flag_values=flag_values)
+  flags.register_multi_flags_validator(
+      ["image_size", "keep_size"], lambda v: not (v["image_size"] and v["keep_size"]),
+      "--image_size and --keep_size exclude each other: give one of them.",
+      flag_values=flag_values)
+  return holders
 
 
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-      prog="python -m kajax.predict",
-      description="Run an exported kajax student on a folder of images; write PNGs.")
-  parser.add_argument("--student_dir", required=True,
-                      help="exported student (WORKDIR/student of an amalgamation run)")
-  parser.add_argument("--input_dir", required=True, help="folder of png/jpg/jpeg/bmp images")
-  parser.add_argument("--output_dir", required=True, help="folder for the predictions")
-  parser.add_argument("--image_size", type=parse_image_size, default=None,
-                      help="HxW network input size (default: each image's own size)")
-  parser.add_argument("--batch_size", type=int, default=DEFAULT_BATCH_SIZE,
-                      help="images per forward pass")
-  parser.add_argument("--preview_max_depth", type=float, default=10.0,
-                      help="metres mapped to the brightest colour of the depth preview")
-  args = parser.parse_args(argv)
-  if args.batch_size < 1:
-    parser.error(f"--batch_size must be >= 1, got {args.batch_size}")
-  if not args.preview_max_depth > 0:
-    parser.error(f"--preview_max_depth must be > 0, got {args.preview_max_depth}")
-  return args
-
-
-def _run(args: argparse.Namespace) -> int:
+def run(args: Any) -> None:
+  """Predicts every image of ``args.input_dir`` into ``args.output_dir``."""
   paths = list_images(args.input_dir)
   output_dir = prepare_output_dir(args.output_dir, args.input_dir)
-  # Headers only: fail on an unreadable file before the (slow) model load and before writing.
-  sizes = [args.image_size or image_size_of(p) for p in paths]
+  info = export.read_info(args.student_dir)
+  # Headers only: fail on an unreadable or too small file before the (slow) model load.
+  sizes = [network_size(image_size_of(p), info, image_size=args.image_size,
+                        keep_size=args.keep_size) for p in paths]
   for path, (h, w) in zip(paths, sizes):
     if h < MIN_SIZE or w < MIN_SIZE:
-      raise ValueError(f"{path} is {h}x{w}; SegNet needs at least {MIN_SIZE}x{MIN_SIZE}. "
-                       "Pass --image_size=HxW to resize the images.")
-  module, variables, info = export.load_student(args.student_dir)
+      raise ValueError(f"{path} would enter the network at {h}x{w}; SegNet needs at least "
+                       f"{MIN_SIZE}x{MIN_SIZE}. Pass --image_size=HxW to resize the images.")
   task_names = predictable_tasks(info)
   skipped = [t for t in info["tasks"] if t not in task_names]
   if skipped:
     print(f"note: no image output for student tasks {skipped} (predict writes "
           f"{', '.join(tasks.TASKS)}).", file=sys.stderr)
+  if training_size(info) is None and not (args.image_size or args.keep_size):
+    print(f"note: {args.student_dir} does not record its training resolution (exported by an "
+          "older kajax); images are fed at their own size.", file=sys.stderr)
+  module, variables, info = export.load_student(args.student_dir)
   variables = jax.device_put(variables)  # Once, not per batch.
   groups: dict[tuple[int, int], list[int]] = {}
   for i, size in enumerate(sizes):
     groups.setdefault(size, []).append(i)
   start, written = time.perf_counter(), 0
   with tqdm.tqdm(total=len(paths), desc="predict", unit="img") as bar:
-    for indices in groups.values():
+    for size, indices in groups.items():
       for first in range(0, len(indices), args.batch_size):
         chunk = indices[first:first + args.batch_size]
         images = [read_image(paths[i]) for i in chunk]
-        preds = predict_images(module, variables, info, images, image_size=args.image_size,
+        preds = predict_images(module, variables, info, images, image_size=size,
                                batch_size=args.batch_size)
         for i, pred in zip(chunk, preds):
           name = os.path.splitext(os.path.basename(paths[i]))[0]
@@ -308,21 +370,10 @@ def _run(args: argparse.Namespace) -> int:
   size_text = ", ".join(f"{h}x{w} ({len(ix)})" for (h, w), ix in groups.items())
   print(f"Predicted {len(paths)} images ({', '.join(task_names)}) in {seconds:.1f} s "
         f"({len(paths) / seconds:.2f} img/s, including compilation)\n"
-        f"  network sizes: {size_text}\n"
+        f"  network sizes: {size_text}; outputs at each image's own size\n"
         f"  wrote {written} PNGs to {os.path.abspath(output_dir)}"
         + ("\n  depth PNGs: uint16 millimetres" if "depth" in task_names else ""))
-  return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-  """CLI entry point; returns the process exit code (0 ok, 1 bad input)."""
-  args = _parse_args(argv)
-  try:
-    return _run(args)
-  except (OSError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.run(define_flags, run)
