@@ -142,8 +142,71 @@ def _train_iterator(run: Run, seed: int) -> Any:
       global_batch_size=run.config.batch_size, seed=seed, images_only=True)
 
 
+def _points_text(task_names: tuple[str, ...], points: Any) -> str:
+  return ", ".join(f"{t}={int(k)}" for t, k in zip(task_names, points))
+
+
+def check_recorded_search(config: ml_collections.ConfigDict, task_names: tuple[str, ...],
+                          search: dict[str, Any], workdir: str) -> tuple[int, ...]:
+  """The recorded branch points, if this config would choose the same ones; else an error.
+
+  A rerun must not silently fine-tune other branch points than it asks for (a changed
+  ``--config.branch.override`` or ``tau``), nor apply a choice made for other tasks.
+  """
+  path = storage.join(workdir, branch_search.RESULT_FILE)
+  start_over = (f"To choose again (the block-wise phase is kept and the table recomputed), "
+                f"delete the choice and the fine-tuning: rm -r {path} "
+                f"{storage.join(workdir, 'checkpoints', 'finetune')}; or use a new --workdir.")
+  recorded_tasks = tuple(search.get("tasks", ()))
+  if recorded_tasks != task_names:
+    raise ValueError(f"{path} was made for tasks {recorded_tasks}, this config has "
+                     f"{task_names}. {start_over}")
+  recorded = tuple(int(search["branch_points"][t]) for t in task_names)
+  override = branch_search.parse_override(config.branch.override, task_names)
+  if override is not None:
+    wanted, why = override, f"--config.branch.override={config.branch.override}"
+  else:
+    table = np.array([search["losses"][t] for t in task_names])
+    wanted = branch_search.choose_branch_points(table, config.branch.tau)
+    why = f"the rule with --config.branch.tau={config.branch.tau} on the recorded table"
+  if wanted != recorded:
+    raise ValueError(
+        f"{path} chose branch points {_points_text(task_names, recorded)} "
+        f"({search.get('selected_by', 'recorded')}), but this run asks for "
+        f"{_points_text(task_names, wanted)} ({why}). To keep the recorded choice, rerun "
+        f"without changing --config.branch.*. {start_over}")
+  return recorded
+
+
+def _check_checkpoint_points(run: Run, ckpt: checkpointing.Checkpointer,
+                             branch_points: tuple[int, ...]) -> None:
+  """Refuses to resume fine-tuning of a student with other branch points (other shapes)."""
+  meta = ckpt.restore_meta()
+  if meta is None or "branch_points" not in meta:
+    return
+  saved = tuple(int(k) for k in meta["branch_points"])
+  if saved != tuple(branch_points):
+    names = run.task_names
+    raise ValueError(
+        f"{ckpt.directory} holds fine-tuning (step {ckpt.latest_step()}) of a student with "
+        f"branch points {_points_text(names, saved)}, but this run fine-tunes "
+        f"{_points_text(names, branch_points)}: their parameters differ in shape and cannot "
+        f"be resumed. To fine-tune the new branch points, delete the old fine-tuning: rm -r "
+        f"{ckpt.directory}; to continue the old one, rerun with "
+        f"--config.branch.override={','.join(str(k) for k in saved)} (and delete "
+        f"{storage.join(run.workdir, branch_search.RESULT_FILE)} if it disagrees).")
+
+
 def _resume(ckpt: checkpointing.Checkpointer, state: Any, train_iter: Any) -> Any:
-  restored = ckpt.restore(state)
+  try:
+    restored = ckpt.restore(state)
+  except ValueError as e:  # Orbax: tree structure or shapes differ from the saved state.
+    reason = str(e).strip().splitlines()[0]
+    raise ValueError(
+        f"Cannot resume from {ckpt.directory} (step {ckpt.latest_step()}): the saved state "
+        "does not fit the student this config builds (other teachers, tasks, gate_form or "
+        f"branch points?). Start this phase over with rm -r {ckpt.directory}, or use a new "
+        f"--workdir. Orbax says: {reason}") from e
   if restored is None:
     return state
   state, meta = restored
@@ -217,6 +280,7 @@ def finetune_phase(run: Run, branch_points: tuple[int, ...], trunk_variables: An
   c = run.config
   model = student_model.Student(run.spec, branch_points)
   ckpt = _checkpointer(run, "finetune")
+  _check_checkpoint_points(run, ckpt, branch_points)
   tx = optim.make_optimizer(c.finetune.optimizer, c.finetune.num_steps)
   if trunk_variables is None and ckpt.latest_step() is None:
     raise RuntimeError(f"Fine-tuning cannot start: no block-phase result in {run.workdir}.")
@@ -264,15 +328,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     points, _ = branch_phase(run, trunk_variables)
   else:
     search = branch_search.load_result(workdir)
-    points = tuple(int(search["branch_points"][t]) for t in run.task_names)
+    points = check_recorded_search(config, run.task_names, search, workdir)
     multihost.log("Branch points from %s: %s", branch_search.RESULT_FILE, points)
     if not finetune_started:
       # Restores the finished block phase's last checkpoint; runs no further step.
       trunk_variables = block_phase(run)
   variables = finetune_phase(run, points, trunk_variables)
-  student_dir = export.save_student(storage.join(workdir, "student"), run.spec, points,
-                                    variables, {t: tc.info.extra for t, tc in
-                                                run.teachers.items()})
+  student_dir = export.save_student(
+      storage.join(workdir, "student"), run.spec, points, variables,
+      {t: tc.info.extra for t, tc in run.teachers.items()},
+      input_pipeline.image_size_and_normalization(config.input,
+                                                  run.source(config.unlabeled_split)))
   try:
     return results.evaluate_and_report(run, student_dir)
   finally:

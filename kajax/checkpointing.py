@@ -61,6 +61,15 @@ class Checkpointer:
         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
     return restored.state, dict(restored.meta)
 
+  def restore_meta(self, step: int | None = None) -> dict[str, Any] | None:
+    """Only the ``meta`` JSON at ``step`` (default latest), or None: cheap, and readable even
+    when the state no longer fits the model (to explain why)."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      return None
+    restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return dict(restored.meta)
+
   def wait(self) -> None:
     """Blocks until pending async saves are on disk."""
     self._manager.wait_until_finished()

@@ -210,3 +210,81 @@ def test_weights_from_counts_by_hand():
   raw = np.array([np.sqrt(0.5), 1.0, 1.0])
   np.testing.assert_allclose(w[:3], raw / raw.mean(), rtol=1e-6)
   assert w[3] == pytest.approx(w[:3].max())
+
+
+# --- Reruns whose settings differ from what the workdir recorded ----------------------------
+
+# A recorded branch search: k = (1, 2) chosen by override; with tau = 0.1 the rule would pick
+# (2, 1) on this table (deepest k within 10% of each row's minimum), with tau = 0 (1, 1).
+TABLE = {"seg": [1.0, 0.9, 0.95, 2.0, 3.0], "depth": [0.5, 0.5, 0.6, 0.7, 0.8]}
+
+
+def _recorded(tmp_path, selected_by="override"):
+  from kajax import branch_search  # pylint: disable=import-outside-toplevel
+  branch_search.save_result(str(tmp_path), ("seg", "depth"),
+                            np.array([TABLE["seg"], TABLE["depth"]]), 0.1, (1, 2), selected_by)
+  return branch_search.load_result(str(tmp_path))
+
+
+@pytest.mark.parametrize("override, tau, match", [
+    ("2,2", 0.1, r"asks for seg=2, depth=2 \(--config.branch.override=2,2\)"),
+    ("", 0.1, r"asks for seg=2, depth=1 \(the rule with --config.branch.tau=0.1"),
+    ("", 0.0, r"asks for seg=1, depth=1 \(the rule with --config.branch.tau=0.0"),
+])
+def test_a_different_branch_choice_than_recorded_stops(tmp_path, override, tau, match):
+  search = _recorded(tmp_path)
+  config = _amalgamation_config("unused", str(tmp_path), **{"branch.override": override,
+                                                            "branch.tau": tau})
+  with pytest.raises(ValueError, match=match) as e:
+    amalgamate.check_recorded_search(config, ("seg", "depth"), search, str(tmp_path))
+  message = str(e.value)
+  assert "chose branch points seg=1, depth=2 (override)" in message
+  assert f"rm -r {tmp_path / 'branch_search.json'} {tmp_path / 'checkpoints' / 'finetune'}" \
+      in message
+
+
+def test_the_same_branch_choice_is_reused(tmp_path):
+  search = _recorded(tmp_path)
+  for override in ("1,2", "1, 2"):
+    config = _amalgamation_config("unused", str(tmp_path), **{"branch.override": override})
+    assert amalgamate.check_recorded_search(config, ("seg", "depth"), search,
+                                            str(tmp_path)) == (1, 2)
+  # Recorded by the rule: a rerun with the same rule and no override agrees.
+  search = _recorded(tmp_path, "rule (tau=0.1)")
+  search["branch_points"] = {"seg": 2, "depth": 1}
+  config = _amalgamation_config("unused", str(tmp_path))
+  assert amalgamate.check_recorded_search(config, ("seg", "depth"), search,
+                                          str(tmp_path)) == (2, 1)
+  with pytest.raises(ValueError, match="made for tasks"):
+    amalgamate.check_recorded_search(config, ("seg", "normals"), search, str(tmp_path))
+
+
+def test_a_rerun_through_the_entry_point_stops_before_training(data_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  _random_teachers(workdir)
+  _recorded(workdir)
+  config = _amalgamation_config(data_dir, workdir, **{"branch.override": "0,0"})
+  with pytest.raises(ValueError, match="asks for seg=0, depth=0"):
+    amalgamate.train_and_evaluate(config, workdir)
+  assert not os.path.exists(os.path.join(workdir, "checkpoints", "finetune"))
+
+
+def test_finetuning_checkpoint_of_other_branch_points_is_not_resumed(data_dir, tmp_path,
+                                                                    monkeypatch):
+  from kajax import student_init  # pylint: disable=import-outside-toplevel
+  workdir = str(tmp_path / "run")
+  _random_teachers(workdir)
+  run = amalgamate.setup(_amalgamation_config(data_dir, workdir), workdir)
+  trunk = student_init.init_trunk_from_teachers(
+      run.spec, {t: tc.variables for t, tc in run.teachers.items()}, jax.random.key(0))
+  with monkeypatch.context() as m:  # fine-tune k = (1, 2) for 2 steps, then "killed"
+    _patch_kill(m, amalgamate, 2)
+    with pytest.raises(Killed):
+      amalgamate.finetune_phase(run, (1, 2), trunk)
+  ckpt_dir = os.path.join(workdir, "checkpoints", "finetune")
+  with pytest.raises(ValueError) as e:
+    amalgamate.finetune_phase(run, (2, 2), trunk)
+  message = str(e.value)
+  assert "branch points seg=1, depth=2, but this run fine-tunes seg=2, depth=2" in message
+  assert f"rm -r {ckpt_dir}" in message and "--config.branch.override=1,2" in message
+  assert checkpointing.Checkpointer(ckpt_dir).latest_step() == 2  # nothing lost
