@@ -266,7 +266,9 @@ def test_a_rerun_through_the_entry_point_stops_before_training(data_dir, tmp_pat
   config = _amalgamation_config(data_dir, workdir, **{"branch.override": "0,0"})
   with pytest.raises(ValueError, match="asks for seg=0, depth=0"):
     amalgamate.train_and_evaluate(config, workdir)
-  assert not os.path.exists(os.path.join(workdir, "checkpoints", "finetune"))
+  for phase in ("block", "finetune"):  # nothing was trained
+    assert checkpointing.Checkpointer(os.path.join(workdir, "checkpoints", phase)
+                                      ).latest_step() is None
 
 
 def test_finetuning_checkpoint_of_other_branch_points_is_not_resumed(data_dir, tmp_path,
