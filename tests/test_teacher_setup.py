@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from kajax import teacher_setup
+from kajax import config_blocks, teacher_setup
 from tests import fakes
 
 
@@ -21,11 +21,13 @@ def test_resolve_dir(tmp_path, monkeypatch):
 
 
 def test_missing_teacher_points_at_the_workdir_one(tmp_path, monkeypatch):
-  from tests.test_amalgamate import _amalgamation_config  # pylint: disable=import-outside-toplevel
   workdir = tmp_path / "run"
   fakes.save_random_teacher(str(workdir / "teachers" / "seg"), "seg", 13, 0)
   fakes.save_random_teacher(str(workdir / "teachers" / "depth"), "depth", 1, 1)
-  config = _amalgamation_config("unused", str(workdir))
+  config = config_blocks.amalgamation_config(
+      ("seg", "depth"), "synthetic_rooms/tiny", unlabeled_split="unlabeled",
+      branch_split="validation", test_split="test", block_steps=1, finetune_steps=1,
+      batch_size=8, learning_rate=1e-3, input_cfg=config_blocks.input_config())
   teacher_setup.ensure_teachers(config, str(workdir))  # the defaults find both
   monkeypatch.chdir(tmp_path)  # 'teachers/depth' is not here, but in the workdir
   config.teachers.depth.dir = "teachers/depth"
