@@ -4,7 +4,7 @@
       [--batch_size=8] [--keep_size | --image_size=240x320]
 
 Every .png/.jpg/.jpeg/.bmp file directly in ``--input_dir`` (sorted by name; hidden files
-skipped) is converted to RGB, resized bilinearly to its *network size* and normalised with the
+skipped) is turned upright (EXIF orientation, as photo viewers do), converted to RGB, resized bilinearly to its *network size* and normalised with the
 student's own statistics (``student.json`` ``input.mean``/``std``), exactly like the evaluation
 pipeline (``kajax.augment.eval_transform``). The network size is, by default, the training
 resolution recorded in ``student.json`` (``input.image_size``): an image is scaled so that its
@@ -46,6 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import PIL.Image
+import PIL.ImageOps
 import tqdm
 from absl import flags
 
@@ -228,20 +229,30 @@ def list_images(input_dir: str) -> list[str]:
   return [os.path.join(input_dir, n) for n in names]
 
 
+# EXIF orientations that swap width and height (phones store portrait photos as landscape
+# pixels plus this tag; viewers, and the student, must see them upright).
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
+_EXIF_ORIENTATION = 0x0112
+
+
 def image_size_of(path: str) -> tuple[int, int]:
-  """(H, W) from the file header, with an error naming an unreadable file."""
+  """Upright (H, W) from the file header, with an error naming an unreadable file."""
   try:
     with PIL.Image.open(path) as image:
-      return image.height, image.width
+      h, w = image.height, image.width
+      if image.getexif().get(_EXIF_ORIENTATION, 1) in _TRANSPOSING_ORIENTATIONS:
+        h, w = w, h
+      return h, w
   except (OSError, ValueError, PIL.Image.DecompressionBombError) as e:
     raise ValueError(f"Cannot read image file {path}: {e}. Remove or replace it.") from e
 
 
 def read_image(path: str) -> np.ndarray:
-  """uint8 RGB (H, W, 3) of an image file (grey, palette and RGBA files are converted)."""
+  """Upright uint8 RGB (H, W, 3) of an image file (EXIF rotation applied; grey, palette and
+  RGBA files converted)."""
   try:
     with PIL.Image.open(path) as image:
-      return np.asarray(image.convert("RGB"))
+      return np.asarray(PIL.ImageOps.exif_transpose(image).convert("RGB"))
   except (OSError, ValueError, PIL.Image.DecompressionBombError) as e:
     raise ValueError(f"Cannot read image file {path}: {e}. Remove or replace it.") from e
 

@@ -186,6 +186,22 @@ def test_keep_size_and_image_size(tmp_path, student_dir, loaded):
       assert _read(tmp_path / "fixed" / f"{stem}_{kind}.png")[1].shape == hw
 
 
+def test_exif_rotated_photos_are_predicted_upright(tmp_path, student_dir, loaded):
+  # A phone's portrait photo: landscape pixels (32x48) with EXIF orientation 6 ("rotate 90
+  # degrees clockwise to view"), i.e. an upright 48x32 picture.
+  rng = np.random.default_rng(5)
+  stored = rng.integers(0, 256, (32, 48, 3)).astype(np.uint8)
+  exif = Image.Exif()
+  exif[0x0112] = 6
+  (tmp_path / "in").mkdir()
+  Image.fromarray(stored).save(tmp_path / "in" / "phone.png", exif=exif)
+  predict.run(_args(student_dir, tmp_path / "in", tmp_path / "out", keep_size=True))
+  upright = np.rot90(stored, k=-1)  # clockwise, by hand
+  assert upright.shape == (48, 32, 3)
+  logits, _ = _forward(loaded, upright)
+  _check_labels(_read(tmp_path / "out" / "phone_seg_labels.png")[1], logits)
+
+
 def test_network_size_rule():
   info = {"input": {"image_size": [240, 320]}}
   assert predict.network_size((3024, 4032), info) == (240, 320)  # same aspect: the size
