@@ -66,7 +66,8 @@ class ConfigFileParser(flags.ArgumentParser):
     if not hasattr(module, "get_config"):
       raise ValueError(f"{resolved} has no get_config() function.")
     config = module.get_config(arg) if has_arg else module.get_config()
-    config.lock()  # An override of a field the config does not have is an error.
+    if hasattr(config, "lock"):
+      config.lock()  # An override of a field the config does not have is an error.
     return config
 
   def flag_type(self) -> str:
