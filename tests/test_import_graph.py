@@ -5,7 +5,8 @@ import ast
 import os
 
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kajax")
-TOPS = ("kajax.main", "kajax.build_data", "kajax.predict", "kajax.benchmarks")
+TOPS = ("kajax.main", "kajax.build_data", "kajax.predict", "kajax.scaling_estimate",
+        "kajax.benchmarks")
 
 
 def _imports():
