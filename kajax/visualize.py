@@ -113,7 +113,8 @@ def bar_chart(task_names: Sequence[str], table: np.ndarray, chosen: Sequence[int
     for k, v in enumerate(row):
       x = x0 + 6 + k * (bar_width + 8)
       colour = (214, 39, 40) if k == k_t else (31, 119, 180)
-      draw.rectangle([x, y_of(v), x + bar_width, y0 - 1], fill=colour)
+      # At least one pixel high: a loss near 0 (or a rounding-negative KL) still shows.
+      draw.rectangle([x, min(y_of(max(v, 0.0)), y0 - 1), x + bar_width, y0 - 1], fill=colour)
       draw.text((x, y_of(v) - 11), f"{v:.3g}", fill=black)
       draw.text((x + bar_width // 2 - 3, y0 + 4), str(k), fill=black)
     draw.line([x0, top, x0, y0], fill=black)  # Axes last: on top of the bars.

@@ -39,3 +39,12 @@ def test_no_limit_line_without_tau():
   row = np.array([[2.0, 1.0, 1.05, 1.5, 3.0]])
   picture = visualize.bar_chart(["seg"], row, chosen=[1], tau=None)
   assert not (picture == np.array(GREY, np.uint8)).all(-1).any()
+
+
+def test_bars_near_zero_are_drawn():
+  # Values below half a pixel of the axis (and a rounding-negative KL) once made PIL refuse
+  # the rectangle (y1 < y0); they get a one-pixel bar.
+  table = np.array([[1.0, 1e-6, 0.0, -1e-9, 0.5]])
+  picture = visualize.bar_chart(["seg"], table, [4], tau=0.1)
+  assert picture.ndim == 3 and picture.shape[-1] == 3
+
