@@ -77,7 +77,7 @@ def _env(tmp_path, **extra):
   return env
 
 
-def _run(command, cwd, env, timeout=1200):
+def _run(command, cwd, env, timeout=2400):
   """Runs a README command (``python`` = this interpreter) and checks it succeeded."""
   argv = shlex.split(command)
   assert argv[0] == "python"
@@ -177,7 +177,7 @@ def test_quickstart_demo_runs_without_torch(tmp_path):
   with open(workdir / "results.json") as f:
     results = json.load(f)
   assert {"teacher/seg", "teacher/depth", "student"} <= set(results["models"])
-  assert "| student |" in proc.stdout
+  assert "| student |" in proc.stdout + proc.stderr  # the results table (a status line)
   for task in ("seg", "depth"):  # the demo's teachers, trained inside the workdir
     assert (workdir / "teachers" / task / "teacher.json").is_file()
   with open(workdir / "student" / "student.json") as f:
