@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 import time
 from typing import Any, Mapping, Sequence
@@ -48,7 +47,7 @@ import numpy as np
 import PIL.Image
 import PIL.ImageOps
 import tqdm
-from absl import flags
+from absl import flags, logging
 
 from kajax import augment, cli, export, tasks, visualize
 
@@ -355,11 +354,11 @@ def run(args: Any) -> None:
   task_names = predictable_tasks(info)
   skipped = [t for t in info["tasks"] if t not in task_names]
   if skipped:
-    print(f"note: no image output for student tasks {skipped} (predict writes "
-          f"{', '.join(tasks.TASKS)}).", file=sys.stderr)
+    logging.warning("No image output for student tasks %s (predict writes %s).", skipped,
+                    ", ".join(tasks.TASKS))
   if training_size(info) is None and not (args.image_size or args.keep_size):
-    print(f"note: {args.student_dir} does not record its training resolution (exported by an "
-          "older kajax); images are fed at their own size.", file=sys.stderr)
+    logging.warning("%s does not record its training resolution (exported by an older "
+                    "kajax); images are fed at their own size.", args.student_dir)
   module, variables, info = export.load_student(args.student_dir)
   variables = jax.device_put(variables)  # Once, not per batch.
   groups: dict[tuple[int, int], list[int]] = {}
