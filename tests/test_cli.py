@@ -20,6 +20,7 @@ CLIS = {
                       "batch_size", "preview_max_depth"),
     "kajax.build_data": ("dataset", "data_dir", "manual_dir", "split_sizes", "scale",
                          "overwrite"),
+    "kajax.scaling_estimate": ("crop", "branch_points", "per_device_batch", "utilization"),
 }
 
 
