@@ -22,6 +22,21 @@ import orbax.checkpoint as ocp
 from kajax import storage
 
 
+class _Manager(ocp.CheckpointManager):
+  """Orbax's manager minus its own look at JAX's preemption sync point.
+
+  The training loop asks the sync point once per step (``multihost.PreemptionWatch``) and
+  saves with ``force=True`` when it says so. Orbax asks it too, inside ``save`` and from the
+  background thread that finishes an async save, with *its* step numbers; the sync manager
+  remembers only the latest number it was given, so the step all processes agree on would
+  be computed from a stale one and never reached.
+  """
+
+  def reached_preemption(self, step: int) -> bool:
+    del step
+    return False
+
+
 class Checkpointer:
   """Async, keep-N checkpoints of ``(state, meta)`` in one directory."""
 
@@ -33,8 +48,7 @@ class Checkpointer:
         # Process 0 lists the steps and broadcasts them: every process resumes from the
         # same step even if a host's view of the directory lags.
         single_host_load_and_broadcast=True)
-    self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=("state", "meta"))
+    self._manager = _Manager(self.directory, options=options, item_names=("state", "meta"))
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()

@@ -131,6 +131,8 @@ def run(args: Any) -> None:
   # gs://... stays as it is; a local path is taken from the current directory.
   workdir = os.fspath(storage.resolve(args.workdir))
   with multihost.exit_on_failure():
+    from kajax import parallel
+    multihost.log_runtime(parallel.make_mesh())  # First line of every process's log.
     _run(args.config, workdir)
 
 

@@ -154,9 +154,9 @@ def exit_on_failure() -> Iterator[None]:
 
   Python's normal exit would run ``jax.distributed.shutdown``, whose barrier waits for every
   other process — which are themselves waiting in a collective for this one: nobody would ever
-  stop. ``os._exit`` skips the barrier; the peers' collectives then fail at once (CPU gloo,
-  GPU NCCL see the connection close) or after the heartbeat timeout (TPU), and they exit
-  through this same path. A :class:`Preempted` run (every process at the same step) exits
+  stop. ``os._exit`` skips the barrier and ends the heartbeats; a peer then either sees its
+  collective fail (a closed connection) and exits through this same path, or is stopped by
+  JAX's coordination service once the heartbeat timeout has passed. A :class:`Preempted` run (every process at the same step) exits
   normally with :data:`PREEMPTED_EXIT_CODE`.
   """
   try:
@@ -185,7 +185,7 @@ class PreemptionWatch:
   """
 
   def __init__(self) -> None:
-    self._counter = 0  # Monotonic over all loops of the run: JAX needs increasing steps.
+    self._counter = 0  # Calls so far, over all loops of the run (JAX wants it increasing).
     self._sigterm = threading.Event()
     self._in_loop = False
     self._distributed = False
@@ -204,7 +204,11 @@ class PreemptionWatch:
       self._in_loop = False
 
   def reached(self) -> bool:
-    """Called once per step by every process; True when all should save and stop now."""
+    """Called after every step by every process; True when all should save and stop now.
+
+    Nothing else may query JAX's sync point (it keeps only the latest call count it was
+    given): ``kajax.checkpointing`` keeps Orbax from doing so.
+    """
     self._counter += 1
     if self._distributed:
       from jax.experimental import multihost_utils

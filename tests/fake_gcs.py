@@ -15,6 +15,7 @@ local ``gs:`` directory instead, which the tests check for.
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import fsspec
@@ -57,8 +58,9 @@ def fake_gcs(tmp_path, monkeypatch):
   root = tmp_path / "gcs"
   root.mkdir()
   monkeypatch.setattr(FakeGCSFileSystem, "root_dir", str(root))
+  registry = importlib.import_module("fsspec.registry")  # fsspec.registry is a mapping.
   for name in FakeGCSFileSystem.protocol:
-    monkeypatch.setitem(fsspec.registry._registry, name, FakeGCSFileSystem)  # pylint: disable=protected-access
+    monkeypatch.setitem(registry._registry, name, FakeGCSFileSystem)  # pylint: disable=protected-access
   cached = backend.fsspec_backend._get_filesystem  # pylint: disable=protected-access
   cached.cache_clear()  # epath keeps one filesystem per protocol: drop any real one.
 

@@ -37,20 +37,42 @@ class Processes:
 
   def __init__(self, args: Sequence[str] | Callable[[int], Sequence[str]], n: int,
                devices_per_process: int, log_dir: str, tag: str, cwd: str | None = None,
-               extra_env: dict[str, str] | None = None):
-    """``args``: the kajax.main flags, or a function of the process index giving them."""
+               extra_env: dict[str, str] | None = None, gpu_script: str | None = None):
+    """Starts the processes.
+
+    Args:
+      args: the kajax.main flags, or a function of the process index giving them.
+      n: number of processes; with more than one they get ``--jax_distributed`` and a
+        coordinator on 127.0.0.1.
+      devices_per_process: fake CPU devices of each.
+      log_dir, tag: each process's output goes to ``log_dir/tag.i.log``.
+      cwd: working directory.
+      extra_env: more environment variables.
+      gpu_script: path of ``launch/gpu.sh``: start through it, the coordinator and process
+        given as ``JAX_COORDINATOR_ADDRESS``/``JAX_NUM_PROCESSES``/``JAX_PROCESS_ID`` as its
+        documentation says, instead of as flags.
+    """
     self.logs = [os.path.join(log_dir, f"{tag}.{i}.log") for i in range(n)]
     port = free_port()
     self.procs = []
     for i in range(n):
-      cmd = [sys.executable, "-m", "kajax.main", *(args(i) if callable(args) else args)]
-      if n > 1:
-        cmd += ["--jax_distributed", f"--coordinator_address=127.0.0.1:{port}",
-                f"--num_processes={n}", f"--process_id={i}"]
+      flags = list(args(i) if callable(args) else args)
+      env = cpu_env(devices_per_process, **(extra_env or {}))
+      if gpu_script:
+        cmd = ["bash", gpu_script, "--", *flags]
+        env["KAJAX_VENV"] = sys.prefix  # This interpreter's virtualenv.
+        if n > 1:
+          env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(n),
+                     JAX_PROCESS_ID=str(i))
+      else:
+        cmd = [sys.executable, "-m", "kajax.main", *flags]
+        if n > 1:
+          cmd += ["--jax_distributed", f"--coordinator_address=127.0.0.1:{port}",
+                  f"--num_processes={n}", f"--process_id={i}"]
       with open(self.logs[i], "w") as log:
         self.procs.append(subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True,
-            env=cpu_env(devices_per_process, **(extra_env or {}))))
+            env=env))
 
   def output(self, i: int) -> str:
     with open(self.logs[i]) as f:

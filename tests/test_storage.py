@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from kajax import storage
+from tests import tensorboard_events
 from tests.fake_gcs import fake_gcs  # noqa: F401  (fixture)
 
 
@@ -76,24 +77,6 @@ def _demo_tiny_config():
   return module.get_config("tiny")
 
 
-def _tensorboard_events(directory):
-  """Every Event of the TFRecord event files in ``directory`` (no TensorFlow needed)."""
-  import struct
-  from tensorboardX.proto import event_pb2
-  events = []
-  for name in sorted(os.listdir(directory)):
-    with open(os.path.join(directory, name), "rb") as f:
-      data = f.read()
-    pos = 0
-    while pos < len(data):  # Record: length u64, crc u32, payload, crc u32.
-      (length,) = struct.unpack("<Q", data[pos:pos + 8])
-      event = event_pb2.Event()
-      event.ParseFromString(data[pos + 12:pos + 12 + length])
-      events.append(event)
-      pos += 12 + length + 4
-  return events
-
-
 @pytest.mark.slow
 def test_amalgamation_with_its_workdir_in_a_bucket(tmp_path, monkeypatch, fake_gcs):
   """The tiny amalgamation with ``--workdir=gs://...`` on a mocked GCS (tests/fake_gcs.py):
@@ -128,7 +111,7 @@ def test_amalgamation_with_its_workdir_in_a_bucket(tmp_path, monkeypatch, fake_g
   assert info["params"] == sum(np.size(x) for x in jax.tree_util.tree_leaves(
       variables["params"]))
 
-  events = _tensorboard_events(local / "tensorboard")
+  events = tensorboard_events.read(local / "tensorboard")
   tags = {v.tag for e in events for v in e.summary.value}
   for phase in ("block", "finetune"):
     for name in ("loss", "learning_rate", "steps_per_s", "images_per_s"):
