@@ -131,13 +131,15 @@ def run(args: Any) -> None:
   # gs://... stays as it is; a local path is taken from the current directory.
   workdir = os.fspath(storage.resolve(args.workdir))
   with multihost.exit_on_failure():
-    from kajax import parallel
-    multihost.log_runtime(parallel.make_mesh())  # First line of every process's log.
     _run(args.config, workdir)
 
 
 def _run(config: Any, workdir: str) -> None:
   mode = config.get("mode")
+  if mode not in MODES:
+    raise ValueError(f"--config.mode={mode!r}: choose one of {MODES}.")
+  from kajax import multihost, parallel
+  multihost.log_runtime(parallel.make_mesh())  # First status line of every process.
   if mode == "teacher":
     from kajax import train_teacher
     train_teacher.train_and_evaluate(config, workdir)
@@ -147,8 +149,6 @@ def _run(config: Any, workdir: str) -> None:
   elif mode == "evaluate":
     from kajax import amalgamate
     amalgamate.evaluate_workdir(config, workdir)
-  else:
-    raise ValueError(f"--config.mode={mode!r}: choose one of {MODES}.")
 
 
 if __name__ == "__main__":
