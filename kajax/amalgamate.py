@@ -1,13 +1,16 @@
 """Amalgamation end to end: the four steps of *Student Becoming the Master* in one run.
 
-1. initialise the student from the teachers (trunk from the parsing teacher, tails from each
-   task's teacher);
+1. initialise the student from the teachers (trunk from the parsing teacher, one branch per
+   teacher copied from its tail);
 2. block-wise amalgamation: train trunk + gates through the teachers' frozen tails with a
-   branch point drawn per task and step (``WORKDIR/checkpoints/block``);
+   branch point drawn per teacher and step (``WORKDIR/checkpoints/block``);
 3. branch search on held-out unaugmented images (``WORKDIR/branch_search.json``);
 4. end-to-end fine-tuning of the fixed-branch student (``WORKDIR/checkpoints/finetune``),
    then pruned export (``WORKDIR/student``) and evaluation against the teachers
    (``WORKDIR/results.json``, ``results.md``, ``samples.png``).
+
+Teachers (``kajax.teacher_setup``) are SegNets or exported students (option B); any number of
+them goes through the same code, one branch point per teacher.
 
 Rerunning the same command after a kill resumes: each phase restores its latest checkpoint,
 a finished branch search is read back, finished phases are skipped.
@@ -28,8 +31,8 @@ from etils import epath
 
 from kajax import (amalgamation_steps as steps, branch_search, checkpointing, data_sources,
                    export, input_pipeline, multihost, optim, parallel, results, storage,
-                   student_init, student_model, student_spec, teacher_setup, train_teacher,
-                   training_logs, training_loop)
+                   student_init, student_model, student_spec, tasks, teacher_setup,
+                   train_teacher, training_logs, training_loop)
 
 
 @dataclasses.dataclass
@@ -38,15 +41,21 @@ class Run:
   config: ml_collections.ConfigDict
   workdir: str
   mesh: Any
-  teachers: dict[str, teacher_setup.Teacher]
-  teacher_vars: Any  # {task: variables}, replicated on the mesh; the frozen argument.
+  teachers: dict[str, teacher_setup.Teacher]  # by teacher name, in branch order
+  teacher_vars: Any  # {teacher name: variables}, replicated on the mesh; the frozen argument.
   spec: student_spec.StudentSpec
-  task_names: tuple[str, ...]
-  teacher_modules: tuple[Any, ...]
-  projection_fns: tuple[Any, ...]
-  lambdas: tuple[float, ...]
+  projection_fns: dict[str, Any]  # by task
+  lambdas: dict[str, float]  # by task
   data_dir: str
   writer: training_logs.Writer
+
+  @property
+  def teacher_models(self) -> tuple[Any, ...]:
+    return self.spec.teachers
+
+  @property
+  def teacher_names(self) -> tuple[str, ...]:
+    return self.spec.teacher_names
 
   def source(self, split: str) -> Any:
     return data_sources.open_split(self.config.dataset, self.data_dir, split)
@@ -57,7 +66,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   names = tuple(config.tasks)
   if len(names) < 2:
     raise ValueError(f"--config.tasks={names}: amalgamation needs at least two tasks.")
-  for key in ("teachers", "loss.kinds", "loss.lambdas"):
+  twice = sorted({t for t in names if names.count(t) > 1})
+  if twice:
+    raise ValueError(f"--config.tasks={names} names {twice} twice; list each task once.")
+  if not config.teachers:
+    raise ValueError("--config.teachers is empty; give one block (dir=...) per teacher.")
+  for key in ("loss.kinds", "loss.lambdas"):
     block = config
     for part in key.split("."):
       block = block[part]
@@ -77,42 +91,55 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   multihost.log_runtime(mesh)
   parallel.check_batch_size(config.batch_size, mesh)
   loaded = teacher_setup.load_teachers(config, workdir)
-  names = tuple(config.tasks)
-  spec = student_spec.spec_from_teachers(names, {t: loaded[t].info for t in names},
-                                    gate_form=config.gate_form,
-                                    trunk_task=config.get("trunk_task") or None)
+  spec = student_spec.StudentSpec(tuple(t.model for t in loaded.values()),
+                                  gate_form=config.gate_form,
+                                  trunk_task=config.get("trunk_task") or None)
   data_dir = data_sources.resolve_data_dir(config.data_dir)
-  weights = _teacher_class_weights(config, loaded, mesh, data_dir)
-  fns = tuple(steps.make_projection_fn(t, config.loss.kinds[t], loaded[t].info.extra,
-                                       config.loss.temperature,
-                                       weights if t == "seg" else None) for t in names)
+  extras = spec.extras()
+  fns = {}
+  for t in spec.tasks:
+    options = {}
+    if tasks.get(t).class_logits:
+      kind = config.loss.kinds[t]
+      if tasks.accepts_option(t, kind, "temperature"):
+        options["temperature"] = config.loss.temperature
+      weights = _teacher_class_weights(config, t, loaded, mesh, data_dir)
+      if weights is not None:
+        if not tasks.accepts_option(t, kind, "class_weights"):
+          raise ValueError(
+              f"--config.loss.kinds.{t}={kind!r} cannot weight classes, but "
+              f"--config.loss.seg_class_weighting={config.loss.seg_class_weighting!r} asks "
+              "for it; set one of them differently.")
+        options["class_weights"] = weights
+    fns[t] = tasks.projection_fn(t, config.loss.kinds[t], extras[t],
+                                 config_key=f"--config.loss.kinds.{t}", **options)
   return Run(config=config, workdir=workdir, mesh=mesh, teachers=loaded,
-             teacher_vars=parallel.replicate({t: loaded[t].variables for t in names}, mesh),
-             spec=spec, task_names=names,
-             teacher_modules=tuple(loaded[t].module for t in names), projection_fns=fns,
-             lambdas=tuple(float(config.loss.lambdas[t]) for t in names),
+             teacher_vars=parallel.replicate({n: tc.variables for n, tc in loaded.items()},
+                                             mesh),
+             spec=spec, projection_fns=fns,
+             lambdas={t: float(config.loss.lambdas[t]) for t in spec.tasks},
              data_dir=data_dir, writer=training_logs.Writer(workdir))
 
 
-def _teacher_class_weights(config: ml_collections.ConfigDict,
+def _teacher_class_weights(config: ml_collections.ConfigDict, task: str,
                            loaded: dict[str, teacher_setup.Teacher], mesh: Any,
                            data_dir: str) -> np.ndarray | None:
-  """Parsing KL pixel weights from the *teacher's* class frequencies on unlabelled images.
+  """Pixel weights of a class-logit task's KL, from the *teacher's* class frequencies.
 
   ``loss.seg_class_weighting='teacher_median_freq_sqrt'``: (median freq / freq) ** 0.5 of the
-  seg teacher's argmax over up to ``loss.class_weight_images`` unlabelled images — the same
-  balancing the teacher was trained with, so rare classes keep their share of the signal
+  teacher's argmax over up to ``loss.class_weight_images`` unlabelled images — the same
+  balancing a parsing teacher is trained with, so rare classes keep their share of the signal
   (plain KL lets the student trade them for pixel accuracy). Uses no labels.
   """
-  if config.loss.get("seg_class_weighting", "none") == "none" or "seg" not in loaded:
+  if config.loss.get("seg_class_weighting", "none") == "none":
     return None
-  teacher = loaded["seg"]
-  c = teacher.info.num_outputs
+  teacher = next(tc for tc in loaded.values() if task in tc.tasks)
+  c = teacher.model.num_outputs_by_task[task]
 
   @jax.jit
   def class_counts(variables, batch):
     # Counted on device: the result is small and replicated, so every host can read it.
-    pred = jnp.argmax(teacher.module.apply(variables, batch["image"], train=False)[0], -1)
+    pred = jnp.argmax(teacher.model.outputs(variables, batch["image"])[task], -1)
     pred = jnp.where(batch["mask"][:, None, None], pred, c)  # padding -> an extra bin
     return jnp.bincount(pred.reshape(-1), length=c + 1)[:c]
 
@@ -142,38 +169,39 @@ def _train_iterator(run: Run, seed: int) -> Any:
       global_batch_size=run.config.batch_size, seed=seed, images_only=True)
 
 
-def _points_text(task_names: tuple[str, ...], points: Any) -> str:
-  return ", ".join(f"{t}={int(k)}" for t, k in zip(task_names, points))
+def _points_text(names: tuple[str, ...], points: Any) -> str:
+  return ", ".join(f"{t}={int(k)}" for t, k in zip(names, points))
 
 
-def check_recorded_search(config: ml_collections.ConfigDict, task_names: tuple[str, ...],
+def check_recorded_search(config: ml_collections.ConfigDict, names: tuple[str, ...],
                           search: dict[str, Any], workdir: str) -> tuple[int, ...]:
   """The recorded branch points, if this config would choose the same ones; else an error.
 
-  A rerun must not silently fine-tune other branch points than it asks for (a changed
-  ``--config.branch.override`` or ``tau``), nor apply a choice made for other tasks.
+  ``names`` are the run's teachers (one branch point each). A rerun must not silently
+  fine-tune other branch points than it asks for (a changed ``--config.branch.override`` or
+  ``tau``), nor apply a choice made for other teachers.
   """
   path = storage.join(workdir, branch_search.RESULT_FILE)
   start_over = (f"To choose again (the block-wise phase is kept and the table recomputed), "
                 f"delete the choice and the fine-tuning: rm -r {path} "
                 f"{storage.join(workdir, 'checkpoints', 'finetune')}; or use a new --workdir.")
-  recorded_tasks = tuple(search.get("tasks", ()))
-  if recorded_tasks != task_names:
-    raise ValueError(f"{path} was made for tasks {recorded_tasks}, this config has "
-                     f"{task_names}. {start_over}")
-  recorded = tuple(int(search["branch_points"][t]) for t in task_names)
-  override = branch_search.parse_override(config.branch.override, task_names)
+  recorded_names = tuple(search.get("teachers", search.get("tasks", ())))
+  if recorded_names != names:
+    raise ValueError(f"{path} was made for teachers {recorded_names}, this config has "
+                     f"{names}. {start_over}")
+  recorded = tuple(int(search["branch_points"][t]) for t in names)
+  override = branch_search.parse_override(config.branch.override, names)
   if override is not None:
     wanted, why = override, f"--config.branch.override={config.branch.override}"
   else:
-    table = np.array([search["losses"][t] for t in task_names])
+    table = np.array([search["losses"][t] for t in names])
     wanted = branch_search.choose_branch_points(table, config.branch.tau)
     why = f"the rule with --config.branch.tau={config.branch.tau} on the recorded table"
   if wanted != recorded:
     raise ValueError(
-        f"{path} chose branch points {_points_text(task_names, recorded)} "
+        f"{path} chose branch points {_points_text(names, recorded)} "
         f"({search.get('selected_by', 'recorded')}), but this run asks for "
-        f"{_points_text(task_names, wanted)} ({why}). To keep the recorded choice, rerun "
+        f"{_points_text(names, wanted)} ({why}). To keep the recorded choice, rerun "
         f"without changing --config.branch.*. {start_over}")
   return recorded
 
@@ -186,7 +214,7 @@ def _check_checkpoint_points(run: Run, ckpt: checkpointing.Checkpointer,
     return
   saved = tuple(int(k) for k in meta["branch_points"])
   if saved != tuple(branch_points):
-    names = run.task_names
+    names = run.teacher_names
     raise ValueError(
         f"{ckpt.directory} holds fine-tuning (step {ckpt.latest_step()}) of a student with "
         f"branch points {_points_text(names, saved)}, but this run fine-tunes "
@@ -221,7 +249,7 @@ def block_phase(run: Run) -> Any:
   c = run.config
   trunk = student_model.StudentTrunk(run.spec)
   variables = student_init.init_trunk_from_teachers(
-      run.spec, {t: tc.variables for t, tc in run.teachers.items()},
+      run.spec, {n: tc.variables for n, tc in run.teachers.items()},
       jax.random.key(c.seed))
   tx = optim.make_optimizer(c.optimizer, c.block.num_steps)
   state = parallel.replicate(optim.create_train_state(variables, tx), run.mesh)
@@ -229,8 +257,8 @@ def block_phase(run: Run) -> Any:
   train_iter = _train_iterator(run, c.seed)
   state = _resume(ckpt, state, train_iter)
   jitted = jax.jit(functools.partial(
-      steps.block_train_step, trunk=trunk, teacher_modules=run.teacher_modules,
-      task_names=run.task_names, projection_fns=run.projection_fns, lambdas=run.lambdas,
+      steps.block_train_step, trunk=trunk, teacher_models=run.teacher_models,
+      projection_fns=run.projection_fns, lambdas=run.lambdas,
       tx=tx, num_steps=c.block.num_steps, schedule=c.block.schedule), donate_argnums=(0,))
   rng = jax.random.key(c.seed + 1)
   state = training_loop.run("block", lambda s, b: jitted(s, run.teacher_vars, b, rng), state,
@@ -244,12 +272,12 @@ def block_phase(run: Run) -> Any:
 
 
 def branch_phase(run: Run, trunk_variables: Any) -> tuple[tuple[int, ...], np.ndarray]:
-  """Step 3: the tasks x 5 loss table on held-out unaugmented images, and the choice."""
+  """Step 3: the teachers x 5 loss table on held-out unaugmented images, and the choice."""
   c = run.config
   fn = jax.jit(functools.partial(
       steps.branch_losses, trunk=student_model.StudentTrunk(run.spec),
-      teacher_modules=run.teacher_modules, task_names=run.task_names,
-      projection_fns=run.projection_fns))
+      teacher_models=run.teacher_models, projection_fns=run.projection_fns,
+      lambdas=run.lambdas))
   sums, count = 0.0, 0.0
   source = run.source(c.branch_split)
   for local in input_pipeline.make_eval_iterator(source, c.input,
@@ -258,15 +286,15 @@ def branch_phase(run: Run, trunk_variables: Any) -> tuple[tuple[int, ...], np.nd
     s, n = fn(trunk_variables, run.teacher_vars, parallel.global_batch(local, run.mesh))
     sums, count = sums + s, count + n
   table = np.asarray(jax.device_get(sums)) / float(count)
-  override = branch_search.parse_override(c.branch.override, run.task_names)
+  override = branch_search.parse_override(c.branch.override, run.teacher_names)
   chosen = override or branch_search.choose_branch_points(table, c.branch.tau)
   if multihost.is_main_process():
-    branch_search.save_result(run.workdir, run.task_names, table, c.branch.tau, chosen,
+    branch_search.save_result(run.workdir, run.teacher_names, table, c.branch.tau, chosen,
                               "override" if override else f"rule (tau={c.branch.tau})")
   multihost.sync("branch search saved")  # Evaluation reads it back on every process.
-  text = branch_search.format_table(run.task_names, table, chosen)
+  text = branch_search.format_table(run.teacher_names, table, chosen)
   run.writer.text(c.block.num_steps, "branch_search", text)
-  for t, row in zip(run.task_names, table):
+  for t, row in zip(run.teacher_names, table):
     run.writer.scalars(c.block.num_steps, {f"{t}/k{k}": v for k, v in enumerate(row)},
                        "branch_loss/")
   multihost.log("Branch search (projection loss on %d held-out images):\n%s", int(count),
@@ -286,14 +314,14 @@ def finetune_phase(run: Run, branch_points: tuple[int, ...], trunk_variables: An
     raise RuntimeError(f"Fine-tuning cannot start: no block-phase result in {run.workdir}.")
   # When resuming, the initial values are overwritten by the restore; shapes are what count.
   variables = student_init.init_student_from_teachers(
-      run.spec, branch_points, {t: tc.variables for t, tc in run.teachers.items()},
+      run.spec, branch_points, {n: tc.variables for n, tc in run.teachers.items()},
       trunk_variables=trunk_variables, rng=jax.random.key(c.seed))
   state = parallel.replicate(optim.create_train_state(variables, tx), run.mesh)
   train_iter = _train_iterator(run, c.seed + 2)
   state = _resume(ckpt, state, train_iter)
   jitted = jax.jit(functools.partial(
-      steps.finetune_train_step, model=model, teacher_modules=run.teacher_modules,
-      task_names=run.task_names, projection_fns=run.projection_fns, lambdas=run.lambdas,
+      steps.finetune_train_step, model=model, teacher_models=run.teacher_models,
+      projection_fns=run.projection_fns, lambdas=run.lambdas,
       tx=tx), donate_argnums=(0,))
   rng = jax.random.key(c.seed + 3)
   state = training_loop.run("finetune", lambda s, b: jitted(s, run.teacher_vars, b, rng), state,
@@ -328,7 +356,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     points, _ = branch_phase(run, trunk_variables)
   else:
     search = branch_search.load_result(workdir)
-    points = check_recorded_search(config, run.task_names, search, workdir)
+    points = check_recorded_search(config, run.teacher_names, search, workdir)
     multihost.log("Branch points from %s: %s", branch_search.RESULT_FILE, points)
     if not finetune_started:
       # Restores the finished block phase's last checkpoint; runs no further step.
@@ -336,7 +364,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   variables = finetune_phase(run, points, trunk_variables)
   student_dir = export.save_student(
       storage.join(workdir, "student"), run.spec, points, variables,
-      {t: tc.info.extra for t, tc in run.teachers.items()},
       input_pipeline.image_size_and_normalization(config.input,
                                                   run.source(config.unlabeled_split)))
   try:

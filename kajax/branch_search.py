@@ -1,9 +1,12 @@
-"""Step 3 of the method: choose each task's branch point from a tasks x 5 loss table.
+"""Step 3 of the method: choose each teacher's branch point from a teachers x 5 loss table.
 
-The table holds, for task t and candidate k (number of shared decoder blocks), the projection
-loss of the block-wise-trained student on held-out, *unaugmented* images (KamalEngine picks
-on augmented training images, a defect we do not repeat). The rule: k_t is the deepest k
-whose loss is within (1 + tau) of that task's minimum; tau = 0 is the argmin, the default
+The student branches once per teacher (a teacher supervises one task, or several when it is
+an exported student, option B), so rows are teachers; a row is the teacher's weighted
+projection loss summed over its tasks. The table holds, for teacher t and candidate k
+(number of shared decoder blocks), the projection loss of the block-wise-trained student on
+held-out, *unaugmented* images (KamalEngine picks on augmented training images, a defect we
+do not repeat). The rule: k_t is the deepest k whose loss is within (1 + tau) of that row's
+minimum; tau = 0 is the argmin, the default
 tau = 0.1 buys a smaller student for at most 10% more loss (docs/method.md §1).
 """
 
@@ -67,7 +70,7 @@ def save_result(workdir: str, task_names: Sequence[str], table: np.ndarray, tau:
   """Writes the table and the choice to ``WORKDIR/branch_search.json`` atomically."""
   path = storage.join(workdir, RESULT_FILE)
   payload = {
-      "tasks": list(task_names),
+      "teachers": list(task_names),  # one branch point per teacher (group of tasks)
       "losses": {t: [float(v) for v in row] for t, row in zip(task_names, np.asarray(table))},
       "tau": float(tau),
       "branch_points": {t: int(k) for t, k in zip(task_names, chosen)},

@@ -15,6 +15,8 @@ import dataclasses
 
 import ml_collections
 
+from kajax import tasks as tasks_lib
+
 # What each documented ``:arg`` key means; a config accepts a subset of them.
 ARG_KEYS = {
     "tiny": "seconds-long variant for tests",
@@ -82,6 +84,16 @@ def apply_common_args(c, args):
 NUM_CLASSES = 13
 TASK_OUTPUTS = {"seg": NUM_CLASSES, "depth": 1, "normals": 3}
 SUPERVISED_LOSS = {"seg": "ce", "depth": "l1", "normals": "cosine"}
+PROJECTION_LOSS = {"seg": "kl", "depth": "l1", "normals": "cosine"}
+
+
+def _default_outputs(task):
+  return TASK_OUTPUTS.get(task) or tasks_lib.get(task).num_outputs
+
+
+def _default_kind(task, defaults, table):
+  """The configs' default loss kind of a task; a plug-in task's first registered kind."""
+  return defaults.get(task) or next(iter(getattr(tasks_lib.get(task), table)))
 
 
 def input_config(image_size=None, crop_size=None, scale_range=(1.0, 1.5), flip=True,
@@ -131,8 +143,10 @@ def teacher_config(task, dataset, train_split, eval_split, *, width_multiplier, 
   c.data_dir = ""  # '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
   c.train_split = train_split
   c.eval_split = eval_split
-  c.model = model_config(num_outputs or TASK_OUTPUTS[task], width_multiplier=width_multiplier)
-  c.loss = SUPERVISED_LOSS[task]  # seg: ce | depth: l1, silog, bins | normals: cosine
+  c.model = model_config(num_outputs or _default_outputs(task),
+                         width_multiplier=width_multiplier)
+  c.loss = _default_kind(task, SUPERVISED_LOSS, "supervised_losses")
+  # seg: ce | depth: l1, silog, bins | normals: cosine | a plug-in task: its own kinds
   c.class_weighting = "median_freq_sqrt" if task == "seg" else "none"
   c.depth_bins = ml_collections.ConfigDict({"min_depth": 0.25, "max_depth": 10.0})
   c.optimizer = optimizer_config(learning_rate=learning_rate, warmup_steps=50)
@@ -211,8 +225,7 @@ def amalgamation_config(tasks, dataset, *, unlabeled_split, branch_split, test_s
   c.branch_split = branch_split  # held-out, unaugmented images for the branch search
   c.test_split = test_split  # labelled, for evaluation only
   c.loss = ml_collections.ConfigDict()
-  c.loss.kinds = {"seg": "kl", "depth": "l1", "normals": "cosine"}
-  c.loss.kinds = {t: c.loss.kinds[t] for t in tasks}
+  c.loss.kinds = {t: _default_kind(t, PROJECTION_LOSS, "projection_losses") for t in tasks}
   c.loss.lambdas = {t: 1.0 for t in tasks}
   c.loss.temperature = 1.0  # KL on softened logits, times T^2
   # none | teacher_median_freq_sqrt: weight parsing pixels by the teacher's predicted class
@@ -235,6 +248,33 @@ def amalgamation_config(tasks, dataset, *, unlabeled_split, branch_split, test_s
   c.checkpoint_every = 250
   c.max_checkpoints_to_keep = 2
   c.seed = 0
+  return c
+
+
+def rooms_student(tasks, teachers, args=ConfigArgs()):
+  """Amalgamation on synthetic rooms with the demo's student recipe; ``teachers`` maps a
+  task to its teacher config (trained into ``teachers/<task>`` when missing)."""
+  c = amalgamation_config(
+      tasks, "synthetic_rooms/small", unlabeled_split="unlabeled",
+      branch_split="validation", test_split="test", block_steps=300, finetune_steps=1000,
+      batch_size=8, learning_rate=5e-4, input_cfg=input_config(scale_range=(1.0, 1.25)))
+  for t in tasks:
+    if t in teachers:
+      c.teachers[t].train_config = teachers[t]
+  if args.tiny:
+    c.dataset = "synthetic_rooms/tiny"
+    shrink_amalgamation(c)
+  return apply_common_args(c, args)
+
+
+def compare_config():
+  """A ``mode='compare'`` config (``kajax.comparison``): runs filled in by the caller."""
+  c = ml_collections.ConfigDict()
+  c.mode = "compare"
+  c.data_dir = ""  # shared by every run that does not set its own
+  c.runs = ml_collections.ConfigDict()
+  c.run_order = ()
+  c.labels = ml_collections.ConfigDict()
   return c
 
 

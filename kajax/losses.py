@@ -1,5 +1,8 @@
 """Training losses: supervised (teachers from labels) and projection (student vs teacher).
 
+Which loss a config's ``loss.kinds`` names is looked up through the task registry
+(``kajax.tasks``); this module holds the functions themselves.
+
 Every loss is a pure JAX function that returns a scalar averaged over *every* valid pixel of
 *every* image in the batch -- one pooled mean, never a mean of per-image means and never the
 first image only (KamalEngine's losses used one image per batch; docs/method.md §1).
@@ -19,10 +22,6 @@ prediction below 1e-3 gets no gradient from the log-space losses.
 """
 
 from __future__ import annotations
-
-import functools
-import inspect
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -204,14 +203,26 @@ def kl_projection(student_logits: jax.Array, teacher_logits: jax.Array,
   return _weighted_mean(kl, weights) * temperature**2
 
 
-def hard_ce_projection(student_logits: jax.Array, teacher_logits: jax.Array) -> jax.Array:
-  """Cross-entropy of the student against the teacher's argmax, mean over all pixels."""
+def hard_ce_projection(student_logits: jax.Array, teacher_logits: jax.Array,
+                       class_weights: jax.Array | None = None) -> jax.Array:
+  """Cross-entropy of the student against the teacher's argmax class, mean over all pixels.
+
+  With ``class_weights`` (C,), each pixel counts with the weight of the teacher's class and
+  the mean is the weighted mean sum(w_y * nll) / sum(w_y), as in :func:`seg_cross_entropy`.
+  """
   if student_logits.shape != teacher_logits.shape:
     raise ValueError(f"Student logits {student_logits.shape} and teacher logits "
                      f"{teacher_logits.shape} differ in shape.")
   labels = jnp.argmax(_sg(teacher_logits), axis=-1)
   logp = jax.nn.log_softmax(student_logits, axis=-1)
-  return -jnp.mean(jnp.take_along_axis(logp, labels[..., None], axis=-1))
+  nll = -jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
+  if class_weights is None:
+    return jnp.mean(nll)
+  class_weights = jnp.asarray(class_weights, student_logits.dtype)
+  if class_weights.shape != (student_logits.shape[-1],):
+    raise ValueError(f"class_weights must have shape ({student_logits.shape[-1]},), got "
+                     f"{class_weights.shape}.")
+  return _weighted_mean(nll, class_weights[labels])
 
 
 def _same_shape(pred, target, name):
@@ -250,61 +261,3 @@ def cosine_projection(pred: jax.Array, target: jax.Array) -> jax.Array:
   """Mean over all pixels of 1 - cos(Y_hat, Y) for (N,H,W,3) normals."""
   target = _same_shape(pred, target, "cosine_projection")
   return jnp.mean(1.0 - jnp.sum(_unit(pred) * _unit(target), axis=-1))
-
-
-# ----------------------------------------------------------------------------- registries
-
-PROJECTION_LOSSES: dict[str, dict[str, Callable]] = {
-    "seg": {"kl": kl_projection, "hard_ce": hard_ce_projection},
-    "depth": {"l1": l1_projection, "log_l1": log_l1_projection, "berhu": berhu_projection},
-    "normals": {"cosine": cosine_projection},
-}
-SUPERVISED_LOSSES: dict[str, dict[str, Callable]] = {
-    "seg": {"ce": seg_cross_entropy},
-    "depth": {"l1": depth_l1, "silog": depth_silog, "bins": depth_bins_ce},
-    "normals": {"cosine": normals_cosine},
-}
-
-
-def _lookup(table, what, task, kind, config_key, kwargs) -> Callable:
-  key = config_key or f"{what} loss kind"
-  if task not in table:
-    raise ValueError(f"{key}: unknown task {task!r}; {what} losses exist for tasks "
-                     f"{sorted(table)}.")
-  if kind not in table[task]:
-    raise ValueError(f"{key}={kind!r} is not a {what} loss for task {task!r}; allowed values: "
-                     f"{sorted(table[task])}.")
-  fn = table[task][kind]
-  try:  # Fail now, naming the option, rather than at the first traced step.
-    inspect.signature(fn).bind_partial(None, None, **kwargs)
-  except TypeError as e:
-    raise ValueError(f"{key}={kind!r} ({fn.__name__}) does not accept options "
-                     f"{sorted(kwargs)}: {e}") from None
-  return functools.partial(fn, **kwargs) if kwargs else fn
-
-
-def projection_loss(task: str, kind: str, *, config_key: str | None = None,
-                    **kwargs) -> Callable[[jax.Array, jax.Array], jax.Array]:
-  """The projection loss ``fn(student_output, teacher_output) -> scalar`` for a task.
-
-  Args:
-    task: 'seg' ({'kl', 'hard_ce'}), 'depth' ({'l1', 'log_l1', 'berhu'}) or
-      'normals' ({'cosine'}).
-    kind: loss name from the config.
-    config_key: name of the config entry, used in error messages.
-    **kwargs: options bound to the loss, e.g. ``temperature=2.0`` for 'kl'.
-  """
-  return _lookup(PROJECTION_LOSSES, "projection", task, kind, config_key, kwargs)
-
-
-def supervised_loss(task: str, kind: str, *, config_key: str | None = None,
-                    **kwargs) -> Callable[[jax.Array, jax.Array], jax.Array]:
-  """The supervised loss ``fn(prediction, labels) -> scalar`` for teacher training.
-
-  Args:
-    task: 'seg' ({'ce'}), 'depth' ({'l1', 'silog', 'bins'}) or 'normals' ({'cosine'}).
-    kind: loss name from the config.
-    config_key: name of the config entry, used in error messages.
-    **kwargs: options bound to the loss, e.g. ``class_weights=...`` for 'ce'.
-  """
-  return _lookup(SUPERVISED_LOSSES, "supervised", task, kind, config_key, kwargs)

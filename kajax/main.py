@@ -6,7 +6,8 @@
 
 ``config.mode`` selects the job: 'teacher' (train one teacher from labels), 'amalgamate'
 (train teachers the config asks for if missing, then the four steps, evaluation and export),
-'evaluate' (re-evaluate the student and teachers of an existing workdir).
+'evaluate' (re-evaluate the student and teachers of an existing workdir), 'compare' (several
+amalgamation runs sharing teachers, reported side by side: ``configs/demo3.py``).
 
 ``--config=FILE[:ARG]``: FILE is taken relative to the current directory; when it is not
 there, relative to the kajax checkout, so ``configs/demo.py`` works from any directory. ARG is
@@ -26,7 +27,7 @@ from ml_collections import config_flags
 
 from kajax import cli
 
-MODES = ("teacher", "amalgamate", "evaluate")
+MODES = ("teacher", "amalgamate", "evaluate", "compare")
 _DISTRIBUTED_FLAGS = ("coordinator_address", "num_processes", "process_id",
                       "heartbeat_timeout_seconds")
 # The checkout kajax runs from (the parent of the package): where configs/ lives.
@@ -149,6 +150,9 @@ def _run(config: Any, workdir: str) -> None:
   elif mode == "evaluate":
     from kajax import amalgamate
     amalgamate.evaluate_workdir(config, workdir)
+  elif mode == "compare":
+    from kajax import comparison
+    comparison.train_and_evaluate(config, workdir)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,6 @@ import time
 from typing import Any, Mapping, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import PIL.Image
 import PIL.ImageOps
@@ -54,29 +53,29 @@ from kajax import augment, cli, export, tasks, visualize
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 # Five 2x2 poolings need at least 32 pixels per side (kajax.segnet).
 MIN_SIZE = 32
-# The 16-bit depth PNG stores millimetres (the usual convention of depth cameras and NYUv2).
-DEPTH_PNG_SCALE = 1000.0
+DEPTH_PNG_SCALE = visualize.DEPTH_PNG_SCALE
 DEFAULT_BATCH_SIZE = 8
 
 
 # --- Library: in-memory prediction -------------------------------------------------------------
 
 def predictable_tasks(info: Mapping[str, Any]) -> tuple[str, ...]:
-  """The student's tasks that ``kajax.tasks.readout`` knows (seg, depth, normals)."""
-  return tuple(t for t in info["tasks"] if t in tasks.TASKS)
+  """The student's tasks that are registered in ``kajax.tasks`` (built-in or plug-in)."""
+  return tuple(t for t in info["tasks"] if t in tasks.registered())
 
 
 def _forward(module, readouts, variables, images):
   """Student forward pass (inference mode) and per-task readout.
 
   ``readouts`` is a hashable tuple of (task, JSON of its readout extras) so it can be a static
-  argument of jit; seg is reduced to class ids on the device (a C-times smaller transfer).
+  argument of jit; each task's answer is computed on the device (for parsing, class ids: a
+  C-times smaller transfer than logits).
   """
   outputs, _ = module.apply(variables, images, train=False)
   preds = {}
-  for task, extra_json in readouts:
-    pred = tasks.readout(task, outputs[task], json.loads(extra_json))
-    preds[task] = jnp.argmax(pred, axis=-1).astype(jnp.int32) if task == "seg" else pred
+  for name, extra_json in readouts:
+    task = tasks.get(name)
+    preds[name] = task.answer(task.readout(outputs[name], json.loads(extra_json)))
   return preds
 
 
@@ -126,29 +125,11 @@ def network_size(image_hw: tuple[int, int], info: Mapping[str, Any], *,
   return (max(MIN_SIZE, round(image_hw[0] * scale)), max(MIN_SIZE, round(image_hw[1] * scale)))
 
 
-def _resize(array: np.ndarray, hw: tuple[int, int], nearest: bool) -> np.ndarray:
-  """(h, w) or (h, w, C) float/int array -> (H, W[, C]) with PIL, channel by channel."""
-  if array.shape[:2] == tuple(hw):
-    return array
-  method = PIL.Image.NEAREST if nearest else PIL.Image.BILINEAR
-  mode_dtype = np.int32 if nearest else np.float32  # PIL modes 'I' and 'F'
-  planes = array[..., None] if array.ndim == 2 else array
-  out = np.stack([np.asarray(PIL.Image.fromarray(planes[..., c].astype(mode_dtype))
-                             .resize((hw[1], hw[0]), method))
-                  for c in range(planes.shape[-1])], -1)
-  return out[..., 0].astype(array.dtype) if array.ndim == 2 else out.astype(array.dtype)
-
-
 def restore_size(prediction: Mapping[str, np.ndarray], hw: tuple[int, int]
                  ) -> dict[str, np.ndarray]:
-  """One image's predictions resized to (H, W): nearest for class ids, bilinear otherwise."""
-  out = {}
-  for task, value in prediction.items():
-    value = _resize(value, hw, nearest=task == "seg")
-    if task == "normals":  # Interpolated unit vectors are shorter than 1.
-      value = value / np.maximum(np.linalg.norm(value, axis=-1, keepdims=True), 1e-6)
-    out[task] = value
-  return out
+  """One image's predictions resized to (H, W), each as its task says (``DenseTask.resize``:
+  nearest for class ids, bilinear otherwise, normals renormalised)."""
+  return {name: tasks.get(name).resize_answer(value, hw) for name, value in prediction.items()}
 
 
 def predict_images(module: Any, variables: Any, info: Mapping[str, Any],
@@ -174,7 +155,8 @@ def predict_images(module: Any, variables: Any, info: Mapping[str, Any],
     raise ValueError(f"batch_size={batch_size} must be at least 1.")
   task_names = predictable_tasks(info)
   if not task_names:
-    raise ValueError(f"The student's tasks {info['tasks']} include none of {tasks.TASKS}; "
+    raise ValueError(f"The student's tasks {info['tasks']} include none of the registered "
+                     f"tasks {tasks.registered()}; "
                      "kajax.predict cannot read its outputs.")
   extras = info.get("extras", {})
   readouts = tuple((t, json.dumps(extras.get(t, {}), sort_keys=True)) for t in task_names)
@@ -256,28 +238,22 @@ def read_image(path: str) -> np.ndarray:
     raise ValueError(f"Cannot read image file {path}: {e}. Remove or replace it.") from e
 
 
-def depth_to_png16(depth_m: np.ndarray) -> np.ndarray:
-  """Metres -> uint16 millimetres, rounded and clipped to 0..65535 (NaN -> 0)."""
-  mm = np.rint(np.nan_to_num(np.asarray(depth_m, np.float64), nan=0.0) * DEPTH_PNG_SCALE)
-  return np.clip(mm, 0, np.iinfo(np.uint16).max).astype(np.uint16)
+depth_to_png16 = visualize.depth_to_png16
 
 
 def write_predictions(output_dir: str, name: str, prediction: Mapping[str, np.ndarray],
                       preview_max_depth: float = 10.0) -> list[str]:
-  """Writes the PNGs of one image's prediction (see the module docstring); returns paths."""
+  """Writes the PNGs of one image's prediction (see the module docstring); returns paths.
+
+  Each task names its files (``DenseTask.files``; by default one colour image
+  ``NAME_{task}.png``); ``preview_max_depth`` is the colour range of tasks that need one.
+  """
   images = {}
-  if "seg" in prediction:
-    labels = prediction["seg"]
-    images[f"{name}_seg.png"] = visualize.colorize_labels(labels)
-    # Mode 'L' (8-bit) whenever the ids fit; 'I;16' otherwise.
-    dtype = np.uint8 if labels.max(initial=0) <= np.iinfo(np.uint8).max else np.uint16
-    images[f"{name}_seg_labels.png"] = labels.astype(dtype)
-  if "depth" in prediction:
-    images[f"{name}_depth.png"] = depth_to_png16(prediction["depth"])
-    images[f"{name}_depth_preview.png"] = visualize.colorize_depth(prediction["depth"],
-                                                                    preview_max_depth)
-  if "normals" in prediction:
-    images[f"{name}_normals.png"] = visualize.colorize_normals(prediction["normals"])
+  for task_name, answer in prediction.items():
+    task = tasks.get(task_name)
+    files = (task.files(answer, preview_max_depth) if task.files else
+             {task_name: task.colorize(answer, preview_max_depth)})
+    images.update({f"{name}_{suffix}.png": array for suffix, array in files.items()})
   paths = []
   for file_name, array in images.items():
     path = os.path.join(output_dir, file_name)
@@ -355,7 +331,7 @@ def run(args: Any) -> None:
   skipped = [t for t in info["tasks"] if t not in task_names]
   if skipped:
     logging.warning("No image output for student tasks %s (predict writes %s).", skipped,
-                    ", ".join(tasks.TASKS))
+                    ", ".join(tasks.registered()))
   if training_size(info) is None and not (args.image_size or args.keep_size):
     logging.warning("%s does not record its training resolution (exported by an older "
                     "kajax); images are fed at their own size.", args.student_dir)
@@ -381,8 +357,7 @@ def run(args: Any) -> None:
   print(f"Predicted {len(paths)} images ({', '.join(task_names)}) in {seconds:.1f} s "
         f"({len(paths) / seconds:.2f} img/s, including compilation)\n"
         f"  network sizes: {size_text}; outputs at each image's own size\n"
-        f"  wrote {written} PNGs to {os.path.abspath(output_dir)}"
-        + ("\n  depth PNGs: uint16 millimetres" if "depth" in task_names else ""))
+        f"  wrote {written} PNGs to {os.path.abspath(output_dir)}")
 
 
 if __name__ == "__main__":

@@ -4,11 +4,13 @@
 
   {"models": {"teacher/seg": {...}, "teacher/depth": {...}, "teachers/total": {...},
               "student": {...}},
-   "branch_points": {task: k}, "branch_losses": {task: [5 losses]}}
+   "tasks": [...], "teachers": {name: [its tasks]},
+   "branch_points": {teacher: k}, "branch_losses": {teacher: [5 losses]}}
 
-each model a flat dict metric name -> number (``miou``, ``pixel_acc``, ``mean_acc``,
-``abs_rel``, ``rmse``, ..., ``params``, ``gflops`` per image). Also ``results.md`` (the same
-as a Markdown table, printed at the end), ``samples.png`` (input | teacher | student | ground
+each model a flat dict ``"{task}/{metric}"`` -> number (``seg/miou``, ``depth/rmse``,
+``normals/angle_mean``, ..., every metric of every registered task it predicts) plus
+``params`` and ``gflops`` per image. Also ``results.md`` (the main metrics of every task as a
+Markdown table, printed at the end), ``samples.png`` (input, then teacher | student | ground
 truth per task) and ``branch_losses.png`` (the branch-search table as bars).
 """
 
@@ -20,28 +22,18 @@ import jax
 import numpy as np
 
 from kajax import (branch_search, evaluation, export, flops, input_pipeline, multihost,
-                   parallel, segnet, storage, tasks, visualize)
+                   parallel, storage, tasks, visualize)
 
 RESULTS_FILE = "results.json"
-# Columns of the summary table, per task, in reading order (all keys of kajax.metrics).
-_TABLE_METRICS = {
-    "seg": ("miou", "pixel_acc", "mean_acc"),
-    "depth": ("rmse", "abs_rel", "delta1"),
-    "normals": ("angle_mean", "angle_median", "within_30"),
-}
 _NUM_SAMPLES = 4
-# What each projection loss (``kajax.losses.PROJECTION_LOSSES``) is measured in.
+# What each built-in projection loss (``kajax.tasks``) is measured in.
 _LOSS_UNITS = {"kl": "nats/pixel", "hard_ce": "nats/pixel", "l1": "m", "berhu": "m",
                "log_l1": "log ratio", "cosine": "1 - cos"}
 
 
-def _flatten(per_task: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-  return {k: v for metrics in per_task.values() for k, v in metrics.items()}
-
-
-def _num_classes(run: Any) -> int | None:
-  seg = run.teachers.get("seg")
-  return seg.info.num_outputs if seg is not None else None
+def flatten(per_task: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+  """{task: {metric: v}} -> {"task/metric": v}."""
+  return {f"{t}/{k}": v for t, metrics in per_task.items() for k, v in metrics.items()}
 
 
 def evaluate_and_report(run: Any, student_dir: str) -> dict[str, Any]:
@@ -53,30 +45,30 @@ def evaluate_and_report(run: Any, student_dir: str) -> dict[str, Any]:
   variables = parallel.replicate(variables, run.mesh)
   h, w = _eval_hw(source, c.input)
   models: dict[str, dict[str, float]] = {}
-  for t, teacher in run.teachers.items():
-    tv = run.teacher_vars[t]
-    metrics = evaluation.evaluate_model(
-        lambda v, x, m=teacher.module: m.apply(v, x, train=False)[0], tv, t,
-        teacher.info.extra, source, c.input, c.eval_batch_size, run.mesh, _num_classes(run))
-    metrics["params"] = float(segnet.count_params(teacher.variables["params"]))
-    metrics["gflops"] = flops.gflops_per_image(teacher.module, teacher.variables, (h, w))
-    models[f"teacher/{t}"] = metrics
+  for name, teacher in run.teachers.items():
+    model = teacher.model
+    metrics = flatten(evaluation.evaluate(
+        model.outputs, run.teacher_vars[name], model.extras, source, c.input,
+        c.eval_batch_size, run.mesh, model.num_outputs_by_task))
+    metrics["params"] = float(teacher.params)
+    metrics["gflops"] = flops.gflops_per_image(model.module(), teacher.variables, (h, w))
+    models[f"teacher/{name}"] = metrics
   models["teachers/total"] = {
-      "params": sum(models[f"teacher/{t}"]["params"] for t in run.teachers),
-      "gflops": sum(models[f"teacher/{t}"]["gflops"] for t in run.teachers)}
-  student_metrics = _flatten(evaluation.evaluate(
+      "params": sum(models[f"teacher/{n}"]["params"] for n in run.teachers),
+      "gflops": sum(models[f"teacher/{n}"]["gflops"] for n in run.teachers)}
+  student_metrics = flatten(evaluation.evaluate(
       lambda v, x: module.apply(v, x, train=False)[0], variables, info["extras"], source,
-      c.input,
-      c.eval_batch_size, run.mesh, _num_classes(run)))
+      c.input, c.eval_batch_size, run.mesh, info["num_outputs"]))
   student_metrics["params"] = float(info["params"])
   student_metrics["gflops"] = flops.gflops_per_image(module, jax.device_get(variables),
                                                       (h, w))
   models["student"] = student_metrics
   search = branch_search.load_result(run.workdir) or {}
-  results = {"models": models,
-             "branch_points": dict(zip(info["tasks"], info["branch_points"])),
+  results = {"models": models, "tasks": list(info["tasks"]),
+             "teachers": {n: list(tc.tasks) for n, tc in run.teachers.items()},
+             "branch_points": dict(zip(info["teachers"], info["branch_points"])),
              "branch_losses": search.get("losses", {})}
-  table = format_results(results, tuple(info["tasks"]))
+  table = format_results(results)
   if multihost.is_main_process():
     storage.write_json(storage.join(run.workdir, RESULTS_FILE), results)
     storage.write_text(storage.join(run.workdir, "results.md"), table + "\n")
@@ -94,20 +86,23 @@ def _eval_hw(source: Any, input_config: Any) -> tuple[int, int]:
   return tuple(size) if size else tuple(np.asarray(source[0]["image"]).shape[:2])
 
 
-def format_results(results: Mapping[str, Any], task_names: tuple[str, ...]) -> str:
-  """Markdown: one row per model, the main metrics of every task, params and GFLOPs."""
-  columns = [(t, m) for t in task_names for m in _TABLE_METRICS[t]]
+def format_results(results: Mapping[str, Any]) -> str:
+  """Markdown: one row per model, the table metrics of every task, params and GFLOPs."""
+  columns = [(t, m) for t in results["tasks"] for m in tasks.get(t).table_metrics]
   header = ("| model | " + " | ".join(f"{t} {m}" for t, m in columns) +
             " | params (M) | GFLOPs/img |")
   lines = [header, "|---" * (len(columns) + 3) + "|"]
   for name, metrics in results["models"].items():
-    cells = [f"{metrics[m]:.4f}" if m in metrics and (name == "student" or
-                                                      name == f"teacher/{t}") else ""
+    cells = [f"{metrics[f'{t}/{m}']:.4f}" if f"{t}/{m}" in metrics else ""
              for t, m in columns]
     lines.append(f"| {name} | " + " | ".join(cells) +
                  f" | {metrics['params'] / 1e6:.3f} | {metrics['gflops']:.3f} |")
   points = ", ".join(f"{t}: k={k}" for t, k in results["branch_points"].items())
   return "\n".join(lines) + f"\n\nBranch points: {points}"
+
+
+def _answers(task: tasks.DenseTask, raw: np.ndarray, extra: Mapping[str, Any]) -> np.ndarray:
+  return np.asarray(task.answer(task.readout(raw, extra)))
 
 
 def _write_pictures(run: Any, module: Any, variables: Any, info: Mapping[str, Any],
@@ -120,47 +115,49 @@ def _write_pictures(run: Any, module: Any, variables: Any, info: Mapping[str, An
       process_index=0, process_count=1)))
   images = batch["image"]
   # jit: an eager SegNet forward dispatches hundreds of small ops (seconds on a CPU).
-  forward = jax.jit(lambda m, v, x: m.apply(v, x, train=False)[0], static_argnums=0)
-  student_out = jax.device_get(forward(module, jax.device_get(variables), images))
-  rows, titles = [], ["input"]
+  student = jax.jit(lambda v, x: module.apply(v, x, train=False)[0])
+  teacher = jax.jit(lambda m, v, x: m.outputs(v, x), static_argnums=0)
+  extras = info["extras"]
+  student_out = jax.device_get(student(jax.device_get(variables), images))
+  teacher_out = {}
+  for tc in run.teachers.values():
+    teacher_out.update(jax.device_get(teacher(tc.model, tc.variables, images)))
+  titles = ["input"]
   for t in info["tasks"]:
     titles += [f"teacher {t}", f"student {t}", f"truth {t}"]
-  teacher_out = {t: np.asarray(forward(tc.module, tc.variables, images))
-                 for t, tc in run.teachers.items()}
+  answers = {t: (_answers(tasks.get(t), teacher_out[t], extras[t]),
+                 _answers(tasks.get(t), student_out[t], extras[t])) for t in info["tasks"]}
+  rows = []
   for i in range(len(images)):
     row = [visualize.denormalize_image(images[i])]
     for t in info["tasks"]:
-      extra, truth = info["extras"][t], batch[tasks.TARGET_KEY[t]][i]
-      # One depth colour scale per row, from the ground truth, so the three are comparable.
-      scale = float(np.max(truth)) if t == "depth" and np.max(truth) > 0 else 10.0
-      for out in (teacher_out[t], student_out[t]):
-        row.append(_picture(t, np.asarray(tasks.readout(t, out[i:i + 1], extra))[0], scale))
-      row.append(_picture(t, truth, scale, truth=True))
+      task = tasks.get(t)
+      truth = np.asarray(task.target_of(batch))[i]
+      # One colour scale per row from the ground truth (e.g. metres), so the three compare.
+      top = float(np.max(truth)) if truth.size and np.max(truth) > 0 else None
+      row += [task.colorize(a[i], top) for a in answers[t]] + [task.colorize(truth, top)]
     rows.append(row)
-  visualize.save_png(storage.join(run.workdir, "samples.png"), visualize.grid(rows, titles))
-  run.writer.image(0, "samples", visualize.grid(rows, titles))
+  picture = visualize.grid(rows, titles)
+  visualize.save_png(storage.join(run.workdir, "samples.png"), picture)
+  run.writer.image(0, "samples", picture)
   if search:
-    names = search["tasks"]
-    table = np.array([search["losses"][t] for t in names])
-    chosen = [search["branch_points"][t] for t in names]
+    names = search.get("teachers", search.get("tasks"))
+    table = np.array([search["losses"][n] for n in names])
+    chosen = [search["branch_points"][n] for n in names]
     visualize.save_png(storage.join(run.workdir, "branch_losses.png"),
                        visualize.bar_chart(names, table, chosen, tau=float(search["tau"]),
-                                           units=[_loss_units(c, t) for t in names]))
+                                           units=[_loss_units(c, run.teachers[n].tasks)
+                                                  for n in names]))
 
 
-def _loss_units(config: Any, task: str) -> str:
-  """Axis label of a task's projection loss (what its number measures)."""
-  kind = config.loss.kinds[task]
-  return f"{kind} ({_LOSS_UNITS[kind]})" if kind in _LOSS_UNITS else kind
-
-
-def _picture(task: str, value: np.ndarray, max_depth: float, truth: bool = False
-             ) -> np.ndarray:
-  if task == "seg":
-    return visualize.colorize_labels(value if truth else np.argmax(value, axis=-1))
-  if task == "depth":
-    return visualize.colorize_depth(value, max_depth)
-  return visualize.colorize_normals(value)
+def _loss_units(config: Any, task_names: tuple[str, ...]) -> str:
+  """Axis label of a teacher's branch loss: what its tasks' projection losses measure."""
+  def one(task):
+    kind = config.loss.kinds[task]
+    return f"{kind} ({_LOSS_UNITS[kind]})" if kind in _LOSS_UNITS else kind
+  if len(task_names) == 1:
+    return one(task_names[0])
+  return "weighted sum: " + " + ".join(one(t) for t in task_names)
 
 
 class _Subset:

@@ -1,8 +1,9 @@
 """Initialising the student from its teachers, and counting its parameters.
 
 Step 1 of the method: the encoder and the shared decoder blocks are copies of the trunk
-task's teacher (the parsing teacher by default); each task's branch blocks are copies of
-that task's own teacher's decoder blocks; gates start fresh (at identity by default). Every
+task's teacher (the parsing teacher by default); each teacher's branch is a copy of that
+teacher's own computation after the branch point (``kajax.teacher_model``); gates start
+fresh (at identity by default). Every
 copied block is checked leaf by leaf against the shapes the student expects.
 """
 
@@ -40,24 +41,26 @@ def count_student_params(spec: StudentSpec, branch_points: Sequence[int],
                          include_gates: bool = True) -> int:
   """Trainable parameters of the fixed-branch (pruned) :class:`Student`.
 
-  For two tasks the count depends on min(k_t) only: decoder block j exists once in the trunk
-  if j < max k, plus once per task with k_t <= j. The published sizes (37.1M / 31.2M / 29.7M
+  For two SegNet teachers the count depends on min(k_g) only: decoder block j exists once in
+  the trunk if j < max k, plus once per teacher with k_g <= j. The published sizes (37.1M / 31.2M / 29.7M
   for min k = 1 / 2 / 3 with VGG16-BN teachers) match ``include_gates=False``; each gate adds
   2 * C * max(16, C // 4) parameters (131,072 per task at k = 1).
   """
   params = variable_shapes(Student(spec, check_branch_points(spec, branch_points)))["params"]
-  return int(sum(x.size for name, block in params.items()
-                 if include_gates or not name.startswith("gate_")
-                 for x in jax.tree_util.tree_leaves(block)))
+  # Gates can sit inside a branch too (an old student's gates, option B).
+  return int(sum(leaf.size for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+                 if include_gates or not any(str(getattr(p, "key", "")).startswith("gate_")
+                                             for p in path)))
 
 
 def _check_teacher_keys(spec: StudentSpec, teacher_variables: Mapping[str, Any],
                         needed: Sequence[str]) -> None:
-  unknown = [t for t in teacher_variables if t not in spec.tasks]
+  unknown = [t for t in teacher_variables if t not in spec.teacher_names]
   missing = [t for t in needed if t not in teacher_variables]
   if unknown or missing:
-    raise ValueError(f"teacher_variables has tasks {sorted(teacher_variables)}; the student's "
-                     f"tasks are {spec.tasks}: not in the student {unknown}, missing {missing}.")
+    raise ValueError(f"teacher_variables has teachers {sorted(teacher_variables)}; the "
+                     f"student's teachers are {spec.teacher_names}: not in the student "
+                     f"{unknown}, missing {missing}.")
 
 
 def _flat(tree: Any) -> dict[str, Any]:
@@ -119,18 +122,19 @@ def init_trunk_from_teachers(spec: StudentSpec, teacher_variables: Mapping[str, 
 
   Args:
     spec: the student.
-    teacher_variables: task -> ``{'params', 'batch_stats'}``; needs ``spec.trunk_task``.
+    teacher_variables: teacher name -> its variables; needs the trunk teacher's.
     rng: initialises the gates (identity gates are exactly 1 whatever the rng).
 
   Returns:
-    ``{'params': ..., 'batch_stats': ...}``; params and BatchNorm statistics of the encoder
-    and trunk are the trunk teacher's.
+    ``{'params': ..., 'batch_stats': ...}``; the encoder and trunk are the trunk teacher's
+    blocks along its trunk task's path (``teacher.trunk_variables``).
   """
-  _check_teacher_keys(spec, teacher_variables, [spec.trunk_task])
+  owner = spec.trunk_teacher
+  _check_teacher_keys(spec, teacher_variables, [owner.name])
   expected = variable_shapes(StudentTrunk(spec))
-  teacher = teacher_variables[spec.trunk_task]
-  sources = {name: _block(teacher, name, f"teacher_variables[{spec.trunk_task!r}]")
-             for name in ENCODER_BLOCKS + TRUNK_BLOCKS}
+  where = f"teacher_variables[{owner.name!r}]"
+  trunk = owner.trunk_variables(teacher_variables[owner.name])
+  sources = {name: _block(trunk, name, where) for name in ENCODER_BLOCKS + TRUNK_BLOCKS}
   gates = [name for name in expected["params"] if name.startswith("gate_")]
   fresh = {name: _fresh_gate(spec, expected["params"][name], key)
            for name, key in zip(gates, jax.random.split(rng, len(gates)))}
@@ -144,20 +148,22 @@ def init_student_from_teachers(spec: StudentSpec, branch_points: Sequence[int],
   """Variables of the fixed-branch :class:`Student`.
 
   Encoder and trunk blocks come from ``trunk_variables`` (the trained block-wise trunk, so
-  step 2 carries over to step 4) or, without it, from the trunk task's teacher. Gate
-  ``gate_{t}_{k_t}`` comes from ``trunk_variables`` or is freshly initialised with ``rng``.
-  ``branch_{t}/up{j}`` are copies of task t's teacher blocks (params and batch_stats).
+  step 2 carries over to step 4) or, without it, from the trunk teacher. Gate
+  ``gate_{g}_{k_g}`` comes from ``trunk_variables`` or is freshly initialised with ``rng``.
+  ``branch_{g}`` is a copy of teacher g's tail after k_g (``teacher.tail_variables``): its
+  decoder blocks for a SegNet teacher, its remaining trunk, gates and branches for a student
+  teacher (params and batch_stats).
 
   Args:
     spec: the student.
-    branch_points: one k_t in 0..4 per task.
-    teacher_variables: task -> teacher ``{'params', 'batch_stats'}``, every task.
+    branch_points: one k_g in 0..4 per teacher.
+    teacher_variables: teacher name -> its variables, every teacher.
     trunk_variables: optional :class:`StudentTrunk` variables (from
       :func:`init_trunk_from_teachers` and block-wise training).
     rng: needed when ``trunk_variables`` is None (gate initialisation).
   """
   ks = check_branch_points(spec, branch_points)
-  _check_teacher_keys(spec, teacher_variables, spec.tasks)
+  _check_teacher_keys(spec, teacher_variables, spec.teacher_names)
   if trunk_variables is None and rng is None:
     raise ValueError("init_student_from_teachers needs rng to initialise the gates when no "
                      "trunk_variables are given.")
@@ -165,21 +171,20 @@ def init_student_from_teachers(spec: StudentSpec, branch_points: Sequence[int],
   if trunk_variables is not None:
     shared, shared_name = trunk_variables, "trunk_variables"
   else:
-    shared = teacher_variables[spec.trunk_task]
-    shared_name = f"teacher_variables[{spec.trunk_task!r}]"
+    owner = spec.trunk_teacher
+    shared = owner.trunk_variables(teacher_variables[owner.name])
+    shared_name = f"teacher_variables[{owner.name!r}]"
   sources = {name: _block(shared, name, shared_name)
              for name in ENCODER_BLOCKS + DECODER_BLOCKS[:max(ks)]}
   fresh = {}
-  for i, (task, k) in enumerate(zip(spec.tasks, ks)):
-    gate = f"gate_{task}_{k}"
+  for i, (teacher, k) in enumerate(zip(spec.teachers, ks)):
+    gate = f"gate_{teacher.name}_{k}"
     if trunk_variables is not None:
       sources[gate] = _block(trunk_variables, gate, "trunk_variables")
     else:
       fresh[gate] = _fresh_gate(spec, expected["params"][gate], jax.random.fold_in(rng, i))
-    # branch_{task} is a submodule holding the teacher's blocks after k under their names.
-    teacher = teacher_variables[task]
-    blocks = DECODER_BLOCKS[k:]
-    sources[f"branch_{task}"] = (
-        f"teacher_variables[{task!r}] blocks {', '.join(blocks)}",
-        {c: {b: v[b] for b in blocks if b in v} for c, v in teacher.items()})
+    # branch_{g} holds the teacher's tail after k under the tail's own names.
+    sources[f"branch_{teacher.name}"] = (
+        f"teacher_variables[{teacher.name!r}] after branch point {k}",
+        teacher.tail_variables(teacher_variables[teacher.name], k))
   return _assemble(expected, sources, fresh)

@@ -1,28 +1,32 @@
 """The multi-task student of *Student Becoming the Master* (docs/method.md §1, "Student").
 
-The encoder ``down1..down5`` is shared by every task; the decoder is shared up to a per-task
-branch point k_t in 0..4 (the number of shared decoder blocks). Shared feature f_k: f_0 = down5
-output, f_k = output of ``DECODER_BLOCKS[k-1]`` (up5, up4, up3, up2). After its branch point,
-task t applies its channel gate (``kajax.gates``) and then its own copy of teacher t's
-remaining decoder blocks ``DECODER_BLOCKS[k_t:]``, unpooling with the *student's* indices.
+The encoder ``down1..down5`` is shared by every task; the decoder is shared up to a branch
+point k_g in 0..4 (the number of shared decoder blocks) per *teacher* g. Shared feature f_k:
+f_0 = down5 output, f_k = output of ``DECODER_BLOCKS[k-1]`` (up5, up4, up3, up2). After its
+branch point, teacher g's branch applies its channel gate (``kajax.gates``) and then a copy of
+the teacher's own remaining computation from k (``teacher.tail(k)``, ``kajax.teacher_model``):
+for a SegNet teacher its decoder blocks ``DECODER_BLOCKS[k:]``; for an exported student used
+as a teacher (option B) its own remaining trunk blocks, gates and branches. Pooling indices
+are always the *student's*.
 
-Two modules:
+Modules:
   * :class:`StudentTrunk` (block-wise amalgamation, step 2): encoder, all trunk blocks
-    up5..up2 and a gate for every (task, k). Each gated f_k is projected through teacher t's
-    frozen tail (:func:`teacher_tail` / :func:`switch_tail`).
+    up5..up2 and a gate for every (teacher, k). Each gated f_k is projected through the
+    teacher's frozen tail (:func:`switch_tail`).
   * :class:`Student` (fine-tuning, step 4, and the deployable export): fixed branch points;
-    only the trunk blocks ``DECODER_BLOCKS[:max k_t]`` exist (the pruning), then per task one
-    gate and a ``branch_{task}`` submodule.
+    only the trunk blocks ``DECODER_BLOCKS[:max k_g]`` exist (the pruning), then per teacher
+    one gate and a ``branch_{teacher}`` submodule.
+  * :class:`TaskBranch` (a SegNet teacher's tail) and :class:`StudentTail` (a student's tail
+    from any branch point, the same code as :class:`Student` after its encoder).
 
 Parameter names (stable; ``params`` and ``batch_stats`` use the same paths):
   ``down1..down5``, ``up5..up2``     encoder and trunk blocks, as in ``kajax.segnet.SegNet``
                                      (so a teacher's variables copy in unchanged);
-  ``gate_{task}_{k}/reduce|expand``  channel gates (block-wise: every k; fixed: k = k_t);
-  ``branch_{task}/up{j}``            fixed mode only: task t's decoder blocks after k_t.
+  ``gate_{teacher}_{k}/reduce|expand``  channel gates (block-wise: every k; fixed: k = k_g);
+  ``branch_{teacher}/...``           fixed mode only: the teacher's tail after k_g.
 
-The student's description (:class:`~kajax.student_spec.StudentSpec`) lives in
-``kajax.student_spec``; its initialisation from the teachers and its size in
-``kajax.student_init``.
+The student's description lives in ``kajax.student_spec``; initialisation from the teachers
+and its size in ``kajax.student_init``.
 """
 
 from __future__ import annotations
@@ -35,14 +39,14 @@ import jax.numpy as jnp
 
 from kajax.gates import ChannelGate
 from kajax.segnet import (DECODER_BLOCKS, ENCODER_BLOCKS, NUM_BRANCH_POINTS, PoolIndices,
-                          SegNet, decoder_block, encoder_block)
+                          decoder_block, encoder_block)
 from kajax.student_spec import StudentSpec, check_branch_points
 
 # Trunk blocks that can be shared: up5..up2 (up1 always belongs to a task).
 TRUNK_BLOCKS = DECODER_BLOCKS[:NUM_BRANCH_POINTS - 1]
 
 
-def _level(block: str) -> int:
+def block_level(block: str) -> int:
   """'up3' -> 2: index of the encoder block whose pooling indices this block unpools with."""
   return int(block[len("up"):]) - 1
 
@@ -61,26 +65,49 @@ def _run_encoder(spec: StudentSpec, x: jax.Array, train: bool, bn_axis_name, par
   return x, tuple(indices), features
 
 
-def _run_trunk(spec: StudentSpec, f: jax.Array, indices, depth: int, train: bool,
-               bn_axis_name, param_dtype) -> tuple[list[jax.Array], dict[str, jax.Array]]:
-  """Applies TRUNK_BLOCKS[:depth]; returns [f_0, ..., f_depth] and the block outputs."""
-  trunk_outputs = spec.num_outputs[spec.task_index(spec.trunk_task)]
-  shared, features = [f], {}
-  for name in TRUNK_BLOCKS[:depth]:
-    f = decoder_block(name, spec.arch, trunk_outputs, spec.width_multiplier,
-                      spec.heads[spec.task_index(spec.trunk_task)], bn_axis_name,
-                      param_dtype)(f, indices[_level(name)], train)
-    shared.append(f)
+def _trunk_block(spec: StudentSpec, name: str, bn_axis_name, param_dtype) -> nn.Module:
+  # Trunk blocks are never up1, so the head and output count do not matter (1, 'conv').
+  return decoder_block(name, spec.arch, 1, spec.width_multiplier, "conv", bn_axis_name,
+                       param_dtype)
+
+
+def _run_tail(spec: StudentSpec, branch_points: tuple[int, ...], start: int, f: jax.Array,
+              indices: Sequence[PoolIndices], train: bool, bn_axis_name, param_dtype
+              ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+  """A fixed-branch student from shared feature f_start on (``start`` = 0: after the encoder).
+
+  Trunk blocks ``start..max k - 1`` run first; a teacher whose branch point is at or after
+  ``start`` gates its f_k and runs its tail from k; one whose branch point is before
+  ``start`` has already branched, so its tail continues from ``start`` on f_start, ungated.
+  Called from compact methods: blocks become children of the caller (flat names).
+  """
+  shared, features = {start: f}, {}
+  for j in range(start, max(branch_points)):
+    name = TRUNK_BLOCKS[j]
+    f = _trunk_block(spec, name, bn_axis_name, param_dtype)(f, indices[block_level(name)],
+                                                            train)
+    shared[j + 1] = f
     features[name] = f
-  return shared, features
+  outputs = {}
+  for teacher, k in zip(spec.teachers, branch_points):
+    if k >= start:
+      x = ChannelGate(spec.gate_form, param_dtype, name=f"gate_{teacher.name}_{k}")(shared[k])
+      features[f"gated_{teacher.name}"] = x
+    else:
+      x, k = shared[start], start
+    out, branch_features = teacher.tail(k, bn_axis_name, param_dtype,
+                                        name=f"branch_{teacher.name}")(x, indices, train)
+    outputs.update(out)
+    features.update({f"{teacher.name}/{n}": v for n, v in branch_features.items()})
+  return outputs, features
 
 
 class StudentTrunk(nn.Module):
-  """Block-wise amalgamation student: encoder, trunk up5..up2, a gate per (task, k).
+  """Block-wise amalgamation student: encoder, trunk up5..up2, a gate per (teacher, k).
 
-  ``apply(variables, x, train)`` returns ``(gated, indices)``: ``gated[t][k]`` is task t's gated
-  f_k for k = 0..4 (tasks in ``spec.tasks`` order), ``indices`` the PoolIndices of
-  down1..down5.
+  ``apply(variables, x, train)`` returns ``(gated, indices)``: ``gated[g][k]`` is teacher g's
+  gated f_k for k = 0..4 (teachers in ``spec.teachers`` order), ``indices`` the PoolIndices
+  of down1..down5.
   """
   spec: StudentSpec
   bn_axis_name: str | None = None
@@ -89,18 +116,25 @@ class StudentTrunk(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False
                ) -> tuple[tuple[tuple[jax.Array, ...], ...], tuple[PoolIndices, ...]]:
-    f0, indices, _ = _run_encoder(self.spec, x, train, self.bn_axis_name, self.param_dtype)
-    shared, _ = _run_trunk(self.spec, f0, indices, len(TRUNK_BLOCKS), train,
-                           self.bn_axis_name, self.param_dtype)
+    f, indices, _ = _run_encoder(self.spec, x, train, self.bn_axis_name, self.param_dtype)
+    shared = [f]
+    for name in TRUNK_BLOCKS:
+      f = _trunk_block(self.spec, name, self.bn_axis_name, self.param_dtype)(
+          f, indices[block_level(name)], train)
+      shared.append(f)
     gated = tuple(
-        tuple(ChannelGate(self.spec.gate_form, self.param_dtype, name=f"gate_{task}_{k}")(f)
-              for k, f in enumerate(shared))
-        for task in self.spec.tasks)
+        tuple(ChannelGate(self.spec.gate_form, self.param_dtype,
+                          name=f"gate_{teacher.name}_{k}")(f) for k, f in enumerate(shared))
+        for teacher in self.spec.teachers)
     return gated, indices
 
 
 class TaskBranch(nn.Module):
-  """Task t's own decoder blocks ``DECODER_BLOCKS[start:]`` with its teacher's geometry."""
+  """A SegNet teacher's tail: decoder blocks ``DECODER_BLOCKS[start:]``, named up{j}.
+
+  Returns ``({task: raw output}, block outputs)``.
+  """
+  task: str
   start: int
   arch: str
   num_outputs: int
@@ -111,13 +145,34 @@ class TaskBranch(nn.Module):
 
   @nn.compact
   def __call__(self, f: jax.Array, indices: Sequence[PoolIndices], train: bool
-               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+               ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
     features = {}
     for name in DECODER_BLOCKS[self.start:]:
       f = decoder_block(name, self.arch, self.num_outputs, self.width_multiplier, self.head,
-                        self.bn_axis_name, self.param_dtype)(f, indices[_level(name)], train)
+                        self.bn_axis_name, self.param_dtype)(f, indices[block_level(name)],
+                                                             train)
       features[name] = f
-    return f, features
+    return {self.task: f}, features
+
+
+class StudentTail(nn.Module):
+  """An exported student's computation after shared feature f_start (its option-B tail).
+
+  Parameter names are the :class:`Student`'s without the encoder (and without the blocks,
+  gates and branch blocks that come before ``start``).
+  """
+  spec: StudentSpec
+  branch_points: tuple[int, ...]
+  start: int
+  bn_axis_name: str | None = None
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, f: jax.Array, indices: Sequence[PoolIndices], train: bool
+               ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    ks = check_branch_points(self.spec, self.branch_points)
+    return _run_tail(self.spec, ks, self.start, f, indices, train, self.bn_axis_name,
+                     self.param_dtype)
 
 
 class Student(nn.Module):
@@ -125,8 +180,9 @@ class Student(nn.Module):
 
   ``apply(variables, x, train)`` returns ``(outputs, features)``: ``outputs[task]`` is the
   task's raw NHWC output (as its teacher's); ``features`` holds ``down1..down5``, the trunk
-  blocks ``up5..`` that exist, ``gated_{task}`` (the gated f_{k_t}) and ``{task}/up{j}`` (branch
-  block outputs). Only trunk blocks ``DECODER_BLOCKS[:max(branch_points)]`` are created.
+  blocks ``up5..`` that exist, ``gated_{teacher}`` (the gated f_{k_g}) and
+  ``{teacher}/...`` (branch block outputs). Only trunk blocks
+  ``DECODER_BLOCKS[:max(branch_points)]`` are created.
   """
   spec: StudentSpec
   branch_points: tuple[int, ...]
@@ -136,93 +192,41 @@ class Student(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False
                ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
-    spec = self.spec
-    ks = check_branch_points(spec, self.branch_points)
-    f0, indices, features = _run_encoder(spec, x, train, self.bn_axis_name, self.param_dtype)
-    shared, trunk_features = _run_trunk(spec, f0, indices, max(ks), train, self.bn_axis_name,
-                                        self.param_dtype)
-    features.update(trunk_features)
-    outputs = {}
-    for i, (task, k) in enumerate(zip(spec.tasks, ks)):
-      g = ChannelGate(spec.gate_form, self.param_dtype, name=f"gate_{task}_{k}")(shared[k])
-      features[f"gated_{task}"] = g
-      out, branch_features = TaskBranch(
-          k, spec.arch, spec.num_outputs[i], spec.width_multiplier, spec.heads[i],
-          self.bn_axis_name, self.param_dtype, name=f"branch_{task}")(g, indices, train)
-      features.update({f"{task}/{name}": v for name, v in branch_features.items()})
-      outputs[task] = out
-    return outputs, features
+    ks = check_branch_points(self.spec, self.branch_points)
+    f0, indices, features = _run_encoder(self.spec, x, train, self.bn_axis_name,
+                                         self.param_dtype)
+    outputs, tail_features = _run_tail(self.spec, ks, 0, f0, indices, train,
+                                       self.bn_axis_name, self.param_dtype)
+    return outputs, {**features, **tail_features}
 
 
-def teacher_tail(teacher_module: SegNet, teacher_variables: Any, f_k: jax.Array,
-                 indices: Sequence[PoolIndices], k: int) -> jax.Array:
-  """Projects a shared feature onto teacher t's domain: its decoder after branch point k.
+def switch_tail(teacher_index: int, k: jax.Array | int, gated, indices, teacher: Any,
+                teacher_variables: Any) -> dict[str, jax.Array]:
+  """Teacher ``teacher_index``'s projection of its gated f_k at a (traced) branch point k.
 
-  The teacher is frozen: its variables are under ``stop_gradient`` and BatchNorm runs in
-  inference mode; gradients flow to ``f_k`` only.
+  All five projections are traced into one ``lax.switch``, so a jitted train step compiles
+  once and selects the path at run time (docs/method.md §1, step 2).
 
   Args:
-    teacher_module: the teacher's SegNet.
-    teacher_variables: ``{'params': ..., 'batch_stats': ...}`` of the teacher.
-    f_k: the (gated) shared feature f_k.
-    indices: the student's PoolIndices of down1..down5.
-    k: static branch point 0..4.
-
-  Returns:
-    The teacher-domain output, NHWC with the teacher's channels.
-  """
-  frozen = jax.lax.stop_gradient(teacher_variables)
-  out, _ = teacher_module.apply(frozen, f_k, tuple(indices), k, False, method=SegNet.decode)
-  return out
-
-
-def switch_tail(task_index: int, k_t: jax.Array | int, gated, indices,
-                teacher_module: SegNet, teacher_variables: Any) -> jax.Array:
-  """:func:`teacher_tail` of task ``task_index`` at a (possibly traced) branch point ``k_t``.
-
-  All five tails are traced into one ``lax.switch``, so a jitted train step compiles once and
-  selects the path at run time (docs/method.md §1, step 2).
-
-  Args:
-    task_index: static position of the task in ``spec.tasks``.
-    k_t: int32 scalar 0..4 (out-of-range values are clamped by ``lax.switch``).
+    teacher_index: static position of the teacher in ``spec.teachers``.
+    k: int32 scalar 0..4 (out-of-range values are clamped by ``lax.switch``).
     gated: the ``gated`` output of :class:`StudentTrunk`.
     indices: the ``indices`` output of :class:`StudentTrunk`.
-    teacher_module, teacher_variables: task ``task_index``'s teacher.
-  """
-  if not 0 <= task_index < len(gated):
-    raise ValueError(f"task_index={task_index} is out of range for {len(gated)} tasks.")
-  features = tuple(gated[task_index])
-  if len(features) != NUM_BRANCH_POINTS:
-    raise ValueError(f"Expected {NUM_BRANCH_POINTS} gated features (k=0..4) for task "
-                     f"{task_index}, got {len(features)}.")
-
-  def branch(k):
-    return lambda ops: teacher_tail(teacher_module, ops[2], ops[0][k], ops[1], k)
-
-  return jax.lax.switch(k_t, [branch(k) for k in range(NUM_BRANCH_POINTS)],
-                        (features, tuple(indices), teacher_variables))
-
-
-def tail_for_branch_points(branch_points: jax.Array | Sequence[int], gated, indices,
-                           teacher_modules: Sequence[SegNet],
-                           teacher_variables: Sequence[Any]) -> tuple[jax.Array, ...]:
-  """:func:`switch_tail` for every task: ``branch_points[t]`` selects task t's tail.
-
-  Args:
-    branch_points: (T,) int32 array (e.g. drawn uniformly per step) or T ints.
-    gated, indices: output of :class:`StudentTrunk`.
-    teacher_modules, teacher_variables: one per task, in ``spec.tasks`` order.
+    teacher: the teacher model (``kajax.teacher_model``); teacher_variables: its variables.
 
   Returns:
-    One teacher-domain output per task.
+    ``{task: teacher-domain output}`` for the teacher's tasks.
   """
-  if not len(teacher_modules) == len(teacher_variables) == len(gated):
-    raise ValueError(f"Need one teacher module and variables per task: got "
-                     f"{len(teacher_modules)} modules, {len(teacher_variables)} variables, "
-                     f"{len(gated)} tasks.")
-  ks = jnp.asarray(branch_points, jnp.int32)
-  if ks.shape != (len(gated),):
-    raise ValueError(f"branch_points must have shape ({len(gated)},), got {ks.shape}.")
-  return tuple(switch_tail(t, ks[t], gated, indices, teacher_modules[t], teacher_variables[t])
-               for t in range(len(gated)))
+  if not 0 <= teacher_index < len(gated):
+    raise ValueError(f"teacher_index={teacher_index} is out of range for {len(gated)} "
+                     "teachers.")
+  features = tuple(gated[teacher_index])
+  if len(features) != NUM_BRANCH_POINTS:
+    raise ValueError(f"Expected {NUM_BRANCH_POINTS} gated features (k=0..4) for teacher "
+                     f"{teacher_index}, got {len(features)}.")
+
+  def branch(k):
+    return lambda ops: teacher.project(ops[2], ops[0][k], ops[1], k)
+
+  return jax.lax.switch(k, [branch(k) for k in range(NUM_BRANCH_POINTS)],
+                        (features, tuple(indices), teacher_variables))

@@ -27,7 +27,7 @@ from kajax import segnet, storage, tasks
 
 INFO_FILE = "teacher.json"
 VARIABLES_DIR = "variables"
-TASKS = tasks.TASKS  # the tasks a teacher can have
+TASKS = tasks.TASKS  # the built-in tasks; any registered task (kajax.tasks) is accepted
 # Input used only to derive the expected variable shapes; SegNet's shapes do not depend on it.
 _SHAPE_PROBE = (1, 64, 64, 3)
 
@@ -66,8 +66,9 @@ class TeacherInfo:
     if isinstance(self.params, np.integer):
       object.__setattr__(self, "params", int(self.params))
     problems = []
-    if self.task not in TASKS:
-      problems.append(f"task={self.task!r} is not one of {TASKS}")
+    if self.task not in tasks.registered():
+      problems.append(f"task={self.task!r} is not one of the registered tasks "
+                      f"{tasks.registered()}")
     if not isinstance(self.num_outputs, int) or self.num_outputs < 1:
       problems.append(f"num_outputs={self.num_outputs!r} must be a positive integer")
     if self.arch not in segnet.ARCH_CONVS:

@@ -19,8 +19,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from kajax import (checkpointing, data_sources, evaluation, input_pipeline, losses, multihost,
-                   optim, parallel, segnet, storage, tasks, teacher_files, training_logs,
+from kajax import (checkpointing, data_sources, evaluation, input_pipeline, multihost, optim,
+                   parallel, segnet, storage, tasks, teacher_files, training_logs,
                    training_loop)
 
 
@@ -31,28 +31,23 @@ def build_model(config: ml_collections.ConfigDict) -> segnet.SegNet:
 
 
 def teacher_extra(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Readout settings stored with the exported teacher (see ``kajax.tasks.readout``)."""
-  if config.task == "depth" and config.loss == "bins":
-    return {"depth_bins": {"min_depth": config.depth_bins.min_depth,
-                           "max_depth": config.depth_bins.max_depth}}
-  return {}
+  """Readout settings stored with the exported teacher (``DenseTask.teacher_extra``)."""
+  task = tasks.get(config.task, "--config.task")
+  return dict(task.teacher_extra(config.loss, config)) if task.teacher_extra else {}
 
 
 def make_loss_fn(config: ml_collections.ConfigDict, class_weights: np.ndarray | None):
   """(outputs, batch) -> scalar loss, averaged over every valid pixel of the global batch."""
-  task = config.task
-  base = losses.supervised_loss(task, config.loss)
-  target_key = tasks.TARGET_KEY[task]
-  if task == "seg":
-    weights = None if class_weights is None else jnp.asarray(class_weights)
-    return lambda out, batch: base(out, batch[target_key], class_weights=weights)
-  if task == "depth" and config.loss == "bins":
-    b = config.depth_bins
-    return lambda out, batch: base(out, batch[target_key], min_depth=b.min_depth,
-                                   max_depth=b.max_depth)
-  if task == "depth":
-    return lambda out, batch: base(out[..., 0], batch[target_key])
-  return lambda out, batch: base(out, batch[target_key])
+  task = tasks.get(config.task, "--config.task")
+  options = {}
+  if class_weights is not None:
+    if not tasks.accepts_option(task.name, config.loss, "class_weights", projection=False):
+      raise ValueError(f"--config.loss={config.loss!r} of task {task.name!r} cannot weight "
+                       f"classes; set --config.class_weighting=none.")
+    options["class_weights"] = jnp.asarray(class_weights)
+  loss = tasks.supervised_fn(task.name, config.loss, teacher_extra(config),
+                             config_key="--config.loss", **options)
+  return lambda out, batch: loss(out, task.target_of(batch))
 
 
 def teacher_train_step(state: optim.TrainState, batch: dict[str, jax.Array], rng: jax.Array,
@@ -74,7 +69,7 @@ def teacher_train_step(state: optim.TrainState, batch: dict[str, jax.Array], rng
 
 
 def median_frequency_weights(source: Any, num_classes: int, power: float,
-                             max_examples: int = 200) -> np.ndarray:
+                             max_examples: int = 200, task: str = "seg") -> np.ndarray:
   """Class weights (median frequency / frequency) ** power from the training labels.
 
   Eigen & Fergus (2015) median-frequency balancing; power 0.5 softens it (docs/method.md §4
@@ -82,7 +77,7 @@ def median_frequency_weights(source: Any, num_classes: int, power: float,
   """
   counts = np.zeros(num_classes, np.int64)
   for i in range(min(len(source), max_examples)):
-    label = np.asarray(source[i]["label"]).reshape(-1)
+    label = np.asarray(tasks.get(task).target_of(source[i])).reshape(-1)
     counts += np.bincount(label[label < num_classes], minlength=num_classes)[:num_classes]
   return weights_from_counts(counts, power)
 
@@ -127,8 +122,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if config.get("init_from"):
     variables = load_imagenet_encoder(variables, config.init_from)
   class_weights = None
-  if config.task == "seg" and config.class_weighting == "median_freq_sqrt":
-    class_weights = median_frequency_weights(train_source, config.model.num_outputs, 0.5)
+  if tasks.get(config.task).class_logits and config.class_weighting == "median_freq_sqrt":
+    class_weights = median_frequency_weights(train_source, config.model.num_outputs, 0.5,
+                                             task=config.task)
   tx = optim.make_optimizer(config.optimizer, config.num_steps)
   state = parallel.replicate(optim.create_train_state(variables, tx), mesh)
 
@@ -162,7 +158,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   results = evaluation.evaluate_model(
       lambda v, x: model.apply(v, x, train=False)[0], state.variables, config.task,
       teacher_extra(config), eval_source, config.input, config.eval_batch_size, mesh,
-      num_classes=config.model.num_outputs if config.task == "seg" else None)
+      num_outputs=config.model.num_outputs)
   results["train_seconds"] = train_seconds
   writer.scalars(config.num_steps, results, "test/")
   writer.close()

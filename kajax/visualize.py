@@ -19,6 +19,8 @@ PALETTE = np.array([
 # Anchor colours of a perceptually ordered dark-blue -> yellow map (viridis-like).
 _RAMP = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]],
                  np.float64)
+# The 16-bit depth PNG stores millimetres (the convention of depth cameras and NYUv2).
+DEPTH_PNG_SCALE = 1000.0
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
 IMAGENET_STD = np.array([0.229, 0.224, 0.225])
 
@@ -46,6 +48,27 @@ def colorize_depth(depth: np.ndarray, max_depth: float = 10.0) -> np.ndarray:
 def colorize_normals(normals: np.ndarray) -> np.ndarray:
   """(H,W,3) unit vectors -> (H,W,3) uint8 with the usual (n + 1) / 2 mapping."""
   return ((np.asarray(normals) + 1.0) * 127.5).clip(0, 255).round().astype(np.uint8)
+
+
+def depth_to_png16(depth_m: np.ndarray) -> np.ndarray:
+  """Metres -> uint16 millimetres (the usual depth-camera PNG), rounded and clipped to
+  0..65535, i.e. up to 65.535 m (NaN -> 0)."""
+  mm = np.rint(np.nan_to_num(np.asarray(depth_m, np.float64), nan=0.0) * DEPTH_PNG_SCALE)
+  return np.clip(mm, 0, np.iinfo(np.uint16).max).astype(np.uint16)
+
+
+def resize_map(array: np.ndarray, hw: tuple[int, int], nearest: bool) -> np.ndarray:
+  """(h, w) or (h, w, C) float/int map -> (H, W[, C]) with PIL, channel by channel (nearest
+  for ids, bilinear otherwise)."""
+  if array.shape[:2] == tuple(hw):
+    return array
+  method = Image.NEAREST if nearest else Image.BILINEAR
+  mode_dtype = np.int32 if nearest else np.float32  # PIL modes 'I' and 'F'
+  planes = array[..., None] if array.ndim == 2 else array
+  out = np.stack([np.asarray(Image.fromarray(planes[..., c].astype(mode_dtype))
+                             .resize((hw[1], hw[0]), method))
+                  for c in range(planes.shape[-1])], -1)
+  return out[..., 0].astype(array.dtype) if array.ndim == 2 else out.astype(array.dtype)
 
 
 def denormalize_image(image: np.ndarray) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Tests for kajax.amalgamation_steps: the compiled steps of block-wise amalgamation, branch
 search and fine-tuning, on 8 fake CPU devices with tiny random teachers.
 
-Expected values come from composing the teachers and the student directly (``teacher_tail``,
+Expected values come from composing the teachers and the student directly (``SegNet.decode``,
 ``Student.apply``) and from NumPy loops, never from the steps under test.
 """
 
@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 
 from kajax import amalgamation_steps as steps
-from kajax import optim, parallel, student_init, student_model, student_spec
+from kajax import optim, parallel, segnet, student_init, student_model, student_spec, tasks
+from kajax import teacher_model
 from tests import fakes
 
 TASKS = ("seg", "depth")
+LAMBDAS = {"seg": 1.0, "depth": 1.0}
 BATCH = (8, 32, 64, 3)
 # SGD: its update is linear in the gradient, so float round-off between device layouts stays
 # round-off (Adam's first step is ~lr * sign(g) and would amplify it for tiny gradients).
@@ -34,9 +36,10 @@ def setup():
   depth = fakes.make_teacher("depth", 1, 1)
   modules = (seg[0], depth[0])
   teacher_vars = {"seg": seg[1], "depth": depth[1]}
-  spec = student_spec.spec_from_teachers(TASKS, {"seg": seg[2], "depth": depth[2]})
+  spec = student_spec.StudentSpec(tuple(teacher_model.from_teacher_info(t, i[2])
+                                        for t, i in zip(TASKS, (seg, depth))))
   trunk_vars = student_init.init_trunk_from_teachers(spec, teacher_vars, jax.random.key(0))
-  fns = tuple(steps.make_projection_fn(t, k, {}) for t, k in zip(TASKS, ("kl", "l1")))
+  fns = {t: tasks.projection_fn(t, k) for t, k in zip(TASKS, ("kl", "l1"))}
   images = np.random.default_rng(0).standard_normal(BATCH).astype(np.float32)
   s = dict(modules=modules, teacher_vars=teacher_vars, spec=spec, trunk_vars=trunk_vars,
            fns=fns, images=images)
@@ -49,10 +52,14 @@ def setup():
 def _block_step(s, num_steps=10, schedule="random"):
   tx = optim.make_optimizer(_Cfg(OPT), num_steps)
   fn = functools.partial(steps.block_train_step, trunk=student_model.StudentTrunk(s["spec"]),
-                         teacher_modules=s["modules"], task_names=TASKS,
-                         projection_fns=s["fns"], lambdas=(1.0, 1.0), tx=tx,
-                         num_steps=num_steps, schedule=schedule)
+                         teacher_models=s["spec"].teachers, projection_fns=s["fns"],
+                         lambdas=LAMBDAS, tx=tx, num_steps=num_steps, schedule=schedule)
   return fn, tx
+
+
+def _decode(module, variables, f_k, indices, k):
+  """The teacher SegNet's own decoder after k (the reference projection)."""
+  return module.apply(variables, f_k, indices, k, False, method=segnet.SegNet.decode)[0]
 
 
 def _tree_equal(a, b):
@@ -105,11 +112,11 @@ def test_selected_path_equals_direct_forward(setup):
   trunk = student_model.StudentTrunk(s["spec"])
   (gated, indices), _ = trunk.apply(s["trunk_vars"], s["images"], train=True,
                                     mutable=["batch_stats"])
-  for i, (t, module, fn_t) in enumerate(zip(TASKS, s["modules"], s["fns"])):
+  for i, (t, module) in enumerate(zip(TASKS, s["modules"])):
     k = int(metrics[f"k_{t}"])
-    direct = student_model.teacher_tail(module, s["teacher_vars"][t], gated[i][k], indices, k)
+    direct = _decode(module, s["teacher_vars"][t], gated[i][k], indices, k)
     target = module.apply(s["teacher_vars"][t], s["images"], train=False)[0]
-    np.testing.assert_allclose(float(metrics[f"loss_{t}"]), float(fn_t(direct, target)),
+    np.testing.assert_allclose(float(metrics[f"loss_{t}"]), float(s["fns"][t](direct, target)),
                                rtol=1e-5, atol=1e-6)
 
 
@@ -158,8 +165,8 @@ def test_branch_losses_match_per_image_reference_and_ignore_padding(setup):
   s = setup
   mask = np.array([True] * 6 + [False] * 2)
   fn = jax.jit(functools.partial(steps.branch_losses, trunk=student_model.StudentTrunk(s["spec"]),
-                                 teacher_modules=s["modules"], task_names=TASKS,
-                                 projection_fns=s["fns"]))
+                                 teacher_models=s["spec"].teachers, projection_fns=s["fns"],
+                                 lambdas=LAMBDAS))
   table, count = fn(s["trunk_vars"], s["teacher_vars"], {"image": s["images"], "mask": mask})
   assert float(count) == 6
   trunk = student_model.StudentTrunk(s["spec"])
@@ -170,7 +177,7 @@ def test_branch_losses_match_per_image_reference_and_ignore_padding(setup):
     for i, (t, module) in enumerate(zip(TASKS, s["modules"])):
       target = module.apply(s["teacher_vars"][t], image, train=False)[0]
       for k in range(5):
-        out = student_model.teacher_tail(module, s["teacher_vars"][t], gated[i][k], indices, k)
+        out = _decode(module, s["teacher_vars"][t], gated[i][k], indices, k)
         if t == "seg":  # KL(teacher || student), mean over pixels, written out in NumPy
           p = np.asarray(jax.nn.softmax(target, -1))
           logq = np.asarray(jax.nn.log_softmax(out, -1))
@@ -191,8 +198,8 @@ def test_finetune_step_compiles_once_and_trains_everything(setup):
                                                  rng=jax.random.key(0))
   tx = optim.make_optimizer(_Cfg(OPT), 10)
   jitted = jax.jit(functools.partial(steps.finetune_train_step, model=model,
-                                     teacher_modules=s["modules"], task_names=TASKS,
-                                     projection_fns=s["fns"], lambdas=(1.0, 1.0), tx=tx))
+                                     teacher_models=s["spec"].teachers,
+                                     projection_fns=s["fns"], lambdas=LAMBDAS, tx=tx))
   state = optim.create_train_state(variables, tx)
   start = jax.device_get(state.params)
   for i in range(2):
@@ -212,9 +219,47 @@ def test_finetune_step_compiles_once_and_trains_everything(setup):
 
 def test_projection_fn_uses_readout_for_depth_bins():
   extra = {"depth_bins": {"min_depth": 0.5, "max_depth": 8.0}}
-  fn = steps.make_projection_fn("depth", "l1", extra)
+  fn = tasks.projection_fn("depth", "l1", extra)
   rng = np.random.default_rng(0)
   a, b = (rng.standard_normal((1, 4, 4, 6)).astype(np.float32) for _ in range(2))
   centers = np.exp(np.linspace(np.log(0.5), np.log(8.0), 6))
   soft = lambda x: np.sum(np.exp(x) / np.exp(x).sum(-1, keepdims=True) * centers, -1)  # noqa
   np.testing.assert_allclose(float(fn(a, b)), np.mean(np.abs(soft(a) - soft(b))), rtol=1e-5)
+
+
+def test_three_teachers_block_step_compiles_once_and_every_task_learns(setup):
+  """T = 3 (option A): one compilation for every draw of (k_seg, k_depth, k_normals), and
+  every task's loss sends a gradient into the shared trunk and its own gates."""
+  s = setup
+  normals = fakes.make_teacher("normals", 3, 2)
+  spec = student_spec.StudentSpec(s["spec"].teachers +
+                                  (teacher_model.from_teacher_info("normals", normals[2]),))
+  teacher_vars = {**s["teacher_vars"], "normals": normals[1]}
+  trunk_vars = student_init.init_trunk_from_teachers(spec, teacher_vars, jax.random.key(0))
+  fns = {**s["fns"], "normals": tasks.projection_fn("normals", "cosine")}
+  lambdas = {"seg": 1.0, "depth": 1.0, "normals": 1.0}
+  tx = optim.make_optimizer(_Cfg(OPT), 10)
+  step = jax.jit(functools.partial(
+      steps.block_train_step, trunk=student_model.StudentTrunk(spec),
+      teacher_models=spec.teachers, projection_fns=fns, lambdas=lambdas, tx=tx, num_steps=10))
+  state = optim.create_train_state(trunk_vars, tx)
+  images = {"image": s["images"][:2]}
+  drawn = set()
+  for i in range(3):
+    state, metrics = step(state, teacher_vars, images, jax.random.key(i))
+    drawn.add(tuple(int(metrics[f"k_{t}"]) for t in ("seg", "depth", "normals")))
+  assert step._cache_size() == 1 and len(drawn) > 1
+  # Each task alone, at fixed branch points (k = 1 for all: gates gate_*_1 are on the path).
+  trunk = student_model.StudentTrunk(spec)
+  for g, (name, model) in enumerate(zip(spec.teacher_names, spec.teachers)):
+    def loss(params, g=g, model=model):
+      gated, indices = trunk.apply({**trunk_vars, "params": params}, images["image"], False)
+      out = model.project(teacher_vars[model.name], gated[g][1], indices, 1)
+      target = model.outputs(teacher_vars[model.name], images["image"])
+      return sum(fns[t](out[t], target[t]) for t in model.tasks)
+    grads = jax.grad(loss)(trunk_vars["params"])
+    size = lambda tree: sum(float(jnp.abs(x).sum()) for x in jax.tree_util.tree_leaves(tree))
+    assert size(grads["down1"]) > 0 and size(grads["up5"]) > 0, name
+    assert size(grads[f"gate_{name}_1"]) > 0, name
+    others = [n for n in spec.teacher_names if n != name]
+    assert all(size(grads[f"gate_{o}_1"]) == 0 for o in others), name

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from kajax import input_pipeline, losses, tasks
+from kajax import input_pipeline, tasks
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
 CONFIG_FILES = sorted(glob.glob(os.path.join(CONFIG_DIR, "*.py")))
@@ -23,7 +23,8 @@ def _load(path):
 def test_the_expected_configs_exist():
   names = {os.path.basename(p) for p in CONFIG_FILES}
   assert {"demo.py", "nyu.py", "teacher_rooms_seg.py", "teacher_rooms_depth.py",
-          "teacher_rooms_normals.py", "teacher_nyu_seg.py", "teacher_nyu_depth.py"} <= names
+          "teacher_rooms_normals.py", "teacher_nyu_seg.py", "teacher_nyu_depth.py",
+          "demo3.py", "demo_add_normals.py", "nyu3.py", "teacher_nyu_normals.py"} <= names
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=os.path.basename)
@@ -31,18 +32,24 @@ def test_the_expected_configs_exist():
 def test_config_is_consistent(path, arg):
   c = _load(path).get_config(arg)
   configs = [c]
-  if c.mode == "amalgamate":
-    for t in c.tasks:
+  if c.mode == "compare":  # several amalgamation runs (kajax.comparison)
+    assert sorted(c.run_order) == sorted(c.runs)
+    configs = [c.runs[name] for name in c.run_order]
+  for amalgamation in [cfg for cfg in configs if cfg.mode == "amalgamate"]:
+    for t in amalgamation.tasks:
       tasks.check_task(t)
-      losses.projection_loss(t, c.loss.kinds[t])
-      if c.teachers[t].train_config is not None:
-        configs.append(c.teachers[t].train_config)
-        assert c.teachers[t].train_config.dataset == c.dataset
-        assert c.teachers[t].train_config.task == t
+      tasks.projection_fn(t, amalgamation.loss.kinds[t])
+    for name, block in amalgamation.teachers.items():
+      if block.train_config is not None:
+        configs.append(block.train_config)
+        assert block.train_config.dataset == amalgamation.dataset
+        assert block.train_config.task == name  # a single-task teacher is named after it
   for cfg in configs:
+    if cfg.mode == "compare":
+      continue
     input_pipeline._check_keys(cfg.input)  # pylint: disable=protected-access
     if cfg.mode == "teacher":
-      losses.supervised_loss(cfg.task, cfg.loss)
+      tasks.supervised_fn(cfg.task, cfg.loss)
     assert cfg.batch_size % 8 == 0 or arg is None  # tiny runs split over 8 test devices
 
 

@@ -277,18 +277,17 @@ def test_float64_under_x64():
       assert out.dtype == jnp.float64, fn.__name__
 
 
-def test_registries():
-  assert losses.projection_loss("depth", "berhu") is losses.berhu_projection
-  assert losses.supervised_loss("depth", "silog") is losses.depth_silog
+def test_hard_ce_projection_uses_class_weights():
+  """Weighted hard-label CE = sum_p w[y_p] * nll_p / sum_p w[y_p], y = teacher's argmax
+  (written out in NumPy)."""
   s, _ = seg_data(seed=3)
   t, _ = seg_data(seed=4)
-  kl2 = losses.projection_loss("seg", "kl", temperature=2.0)
-  assert float(kl2(s, t)) == pytest.approx(float(losses.kl_projection(s, t, 2.0)))
-  with pytest.raises(ValueError, match=r"loss.depth='huber'.*\['berhu', 'l1', 'log_l1'\]"):
-    losses.projection_loss("depth", "huber", config_key="loss.depth")
-  with pytest.raises(ValueError, match=r"'bce'.*\['ce'\]"):
-    losses.supervised_loss("seg", "bce")
-  with pytest.raises(ValueError, match="unknown task 'edges'"):
-    losses.projection_loss("edges", "l1")
-  with pytest.raises(ValueError, match="temperature"):
-    losses.projection_loss("seg", "hard_ce", temperature=2.0)
+  w = np.linspace(0.5, 2.0, s.shape[-1]).astype(np.float32)
+  y = np.argmax(t, -1)
+  logq = np.asarray(jax.nn.log_softmax(s, -1))
+  nll = -np.take_along_axis(logq, y[..., None], -1)[..., 0]
+  np.testing.assert_allclose(float(losses.hard_ce_projection(s, t, w)),
+                             np.sum(w[y] * nll) / np.sum(w[y]), rtol=1e-5)
+  np.testing.assert_allclose(float(losses.hard_ce_projection(s, t)), nll.mean(), rtol=1e-5)
+  with pytest.raises(ValueError, match=r"class_weights must have shape"):
+    losses.hard_ce_projection(s, t, w[:3])

@@ -186,7 +186,12 @@ def test_labeled_mat_build(fake_mat, tmp_path):
       assert np.all(label[:100] == 11) and np.all(label[-100:] == 4) and label[300, 500] == 255
       for j, raw in enumerate(sorted(HAND_PICKED)):
         assert np.all(label[200:216, j * 8:(j + 1) * 8] == HAND_PICKED[raw]), raw
-      assert set(ex) == {"image", "label", "depth"}
+      assert set(ex) == {"image", "label", "depth", "normals"}
+      # Normals derived from depth: the constant 1.5 m left half is a wall facing the camera.
+      normals = ex["normals"]
+      assert normals.shape == (H, W, 3) and normals.dtype == np.float32
+      np.testing.assert_allclose(normals[2:-2, 2:318], [0.0, 0.0, -1.0], atol=1e-6)
+      assert np.all(normals[:2] == 0) and np.all(normals[:, :2] == 0)  # no neighbours
 
 
 def test_labeled_mat_missing_file_through_builder(fake_mat, tmp_path):

@@ -17,9 +17,9 @@ import pytest
 from absl import flags
 from PIL import Image
 
-from kajax import export, predict, visualize
+from kajax import export, predict, teacher_model, visualize
 from kajax.student_init import init_student_from_teachers
-from kajax.student_spec import spec_from_teachers
+from kajax.student_spec import StudentSpec
 from tests import fakes
 
 BRANCH_POINTS = (1, 2)
@@ -35,7 +35,8 @@ IMAGES = {"a.png": (32, 48), "b.bmp": (32, 48), "c.png": (48, 32), "d.png": (64,
 @pytest.fixture(scope="module")
 def student_dir(tmp_path_factory):
   teachers = {"seg": fakes.make_teacher("seg", 13, 0), "depth": fakes.make_teacher("depth", 1, 1)}
-  spec = spec_from_teachers(("seg", "depth"), {t: m for t, (m, _, _) in teachers.items()})
+  spec = StudentSpec(tuple(teacher_model.from_teacher_info(t, info)
+                           for t, (_, _, info) in teachers.items()))
   variables = init_student_from_teachers(spec, BRANCH_POINTS,
                                          {t: v for t, (_, v, _) in teachers.items()},
                                          rng=jax.random.key(0))
@@ -46,7 +47,6 @@ def student_dir(tmp_path_factory):
   up1[max(up1)]["conv"]["bias"] += 2.0
   return export.save_student(
       str(tmp_path_factory.mktemp("run") / "student"), spec, BRANCH_POINTS, variables,
-      {"seg": {}, "depth": {}},
       {"image_size": list(TRAIN_SIZE), "mean": list(MEAN), "std": list(STD)})
 
 

@@ -1,4 +1,5 @@
-"""Tests for kajax.student (+ student_spec), kajax.gates and kajax.flops.
+"""Tests for kajax.student_model (+ student_spec, student_init, SegNet teachers of
+kajax.teacher_model), kajax.gates and kajax.flops.
 
 Tiny teachers (width 1/8, 64x96 images, float32) with perturbed BatchNorm statistics and
 scales, so copying a block without its statistics would show. Expected values come from
@@ -7,22 +8,19 @@ counts computed by hand from the conv shapes; full-width models only go through
 ``jax.eval_shape``.
 """
 
-import types
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kajax import flops, segnet
+from kajax import flops, segnet, teacher_model
 from tests import fakes
 from kajax.gates import ChannelGate
 from kajax.segnet import DECODER_BLOCKS, SegNet
 from kajax.student_init import (count_student_params, init_student_from_teachers,
                                 init_trunk_from_teachers, variable_shapes)
-from kajax.student_model import (Student, StudentTrunk, switch_tail, tail_for_branch_points,
-                                 teacher_tail)
-from kajax.student_spec import StudentSpec, spec_from_teachers
+from kajax.student_model import Student, StudentTrunk, switch_tail
+from kajax.student_spec import StudentSpec
 
 WIDTH = 1 / 8
 IMAGE = (2, 64, 96, 3)
@@ -106,9 +104,22 @@ def seg_reference(teachers, image):
   return run(variables, image)
 
 
+OUTPUTS = {"seg": 13, "depth": 1, "normals": 3}
+
+
+def models(tasks, width=WIDTH):
+  return teacher_model.segnet_teachers(tasks, [OUTPUTS[t] for t in tasks],
+                                       width_multiplier=width)
+
+
 def spec2(gate_form="identity"):
-  return StudentSpec(("seg", "depth"), (13, 1), ("conv", "conv"), "segnet_vgg16_bn", WIDTH,
-                     gate_form)
+  return StudentSpec(models(("seg", "depth")), gate_form)
+
+
+def teacher_tail(task, variables, f_k, indices, k):
+  """Teacher ``task``'s projection of f_k (its SegNetTeacher model)."""
+  return teacher_model.SegNetTeacher(task, task, OUTPUTS[task], width_multiplier=WIDTH).project(
+      variables, f_k, indices, k)[task]
 
 
 def tail_reference(teachers, task, seg_reference, k):
@@ -133,8 +144,7 @@ def test_blockwise_trunk_reproduces_teachers_at_every_k(teachers, seg_reference,
   assert len(gated) == 2 and all(len(g) == 5 for g in gated)
   for k in range(5):
     for i, task in enumerate(spec.tasks):
-      module, variables = teachers[task]
-      got = teacher_tail(module, variables, gated[i][k], indices, k)
+      got = teacher_tail(task, teachers[task][1], gated[i][k], indices, k)
       if task == "seg":
         np.testing.assert_allclose(got, seg_reference[0], **TOL)
       np.testing.assert_allclose(got, tail_reference(teachers, task, seg_reference, k), **TOL)
@@ -173,37 +183,31 @@ def test_trunk_variables_carry_over_to_fixed_student(teachers, trunk):
 # --- switch over branch points ------------------------------------------------------------
 def test_switch_tail_traces_once_and_matches_direct_call(teachers, trunk):
   spec, _, gated, indices = trunk
-  module, variables = teachers["depth"]
+  variables = teachers["depth"][1]
   traces = []
 
   @jax.jit
   def run(k, gated, indices, variables):
     traces.append(1)  # Python side effect: runs once per trace
-    return switch_tail(1, k, gated, indices, module, variables)
+    return switch_tail(1, k, gated, indices, spec.teachers[1], variables)
 
   for k in range(5):
-    direct = teacher_tail(module, variables, gated[1][k], indices, k)
-    np.testing.assert_allclose(run(jnp.int32(k), gated, indices, variables), direct, **TOL)
+    direct = teacher_tail("depth", variables, gated[1][k], indices, k)
+    got = run(jnp.int32(k), gated, indices, variables)
+    assert set(got) == {"depth"}
+    np.testing.assert_allclose(got["depth"], direct, **TOL)
   assert len(traces) == 1
-
-  both = jax.jit(lambda ks: tail_for_branch_points(
-      ks, gated, indices, [teachers[t][0] for t in spec.tasks],
-      [teachers[t][1] for t in spec.tasks]))(jnp.array([3, 1], jnp.int32))
-  np.testing.assert_allclose(both[0], teacher_tail(*teachers["seg"], gated[0][3], indices, 3),
-                             **TOL)
-  np.testing.assert_allclose(both[1], teacher_tail(module, variables, gated[1][1], indices, 1),
-                             **TOL)
 
 
 def test_gradients_reach_trunk_and_selected_gate_only(teachers, image, trunk):
   spec, variables, gated, indices = trunk
-  module, teacher_vars = teachers["depth"]
+  teacher_vars = teachers["depth"][1]
 
   def loss(params):
     gated, indices = StudentTrunk(spec).apply({**variables, "params": params}, image, False)
     # The direct tail (not the switch) keeps the backward compile small; the switch's forward
     # equals it for every k (test above).
-    return jnp.sum(teacher_tail(module, teacher_vars, gated[1][2], indices, 2) ** 2)
+    return jnp.sum(teacher_tail("depth", teacher_vars, gated[1][2], indices, 2) ** 2)
 
   grads = jax.jit(jax.grad(loss))(variables["params"])
   norm = lambda tree: sum(np.abs(np.asarray(x)).sum() for x in jax.tree_util.tree_leaves(tree))
@@ -212,8 +216,8 @@ def test_gradients_reach_trunk_and_selected_gate_only(teachers, image, trunk):
   assert norm(grads["up3"]) == 0  # k=2 shares up5, up4 only
   assert norm(grads["gate_depth_1"]) == 0 and norm(grads["gate_seg_2"]) == 0
   # The teacher is frozen (stop_gradient inside teacher_tail); k=4 keeps this cheap.
-  teacher_grads = jax.grad(lambda v: jnp.sum(teacher_tail(module, v, gated[1][4], indices, 4)))(
-      teacher_vars)
+  teacher_grads = jax.grad(lambda v: jnp.sum(teacher_tail("depth", v, gated[1][4], indices,
+                                                          4)))(teacher_vars)
   assert norm(teacher_grads) == 0
 
 
@@ -237,9 +241,9 @@ def test_pruned_student_param_tree_and_count(teachers):
 def test_full_width_param_counts():
   assert encoder_params(FULL) + sum(decoder_block_params(l, FULL, 13) for l in range(5)) \
       == 29_450_381  # docs/method.md §1
-  spec = StudentSpec(("seg", "depth"), (13, 1), ("conv", "conv"))
-  teacher_total = sum(segnet.count_params(variable_shapes(spec.teacher_module(t))["params"])
-                      for t in spec.tasks)
+  spec = StudentSpec(models(("seg", "depth"), width=1.0))
+  teacher_total = sum(segnet.count_params(variable_shapes(t.module())["params"])
+                      for t in spec.teachers)
   assert teacher_total == 58_893_838
   published = {1: 37.1e6, 2: 31.2e6, 3: 29.7e6}
   for k, size in published.items():
@@ -273,9 +277,8 @@ def test_gate_forms():
 
 # --- three tasks --------------------------------------------------------------------------
 def test_three_tasks(teachers, image, seg_reference):
-  spec = spec_from_teachers(("seg", "depth", "normals"),
-                            {t: teachers[t][0] for t in ("normals", "seg", "depth")})
-  assert spec.num_outputs == (13, 1, 3) and spec.trunk_task == "seg"
+  spec = StudentSpec(models(("seg", "depth", "normals")))
+  assert spec.num_outputs() == OUTPUTS and spec.trunk_task == "seg"
   ks = (1, 2, 4)
   variables = init_student_from_teachers(spec, ks, {t: teachers[t][1] for t in spec.tasks},
                                          rng=jax.random.key(0))
@@ -293,33 +296,38 @@ def test_three_tasks(teachers, image, seg_reference):
 
 # --- errors -------------------------------------------------------------------------------
 def test_clear_errors(teachers):
-  with pytest.raises(ValueError, match=r"seg: segnet_vgg16_bn x0\.125, depth: segnet_vgg16_bn x1"):
-    spec_from_teachers(("seg", "depth"), [teachers["seg"][0], SegNet(1)])
+  seg, = models(("seg",))
+  with pytest.raises(ValueError, match=r"seg \(segnet\): segnet_vgg16_bn x0\.125, depth "
+                                       r"\(segnet\): segnet_vgg16_bn x1\.0"):
+    StudentSpec((seg,) + models(("depth",), width=1.0))
+  vgg13 = teacher_model.SegNetTeacher("depth", "depth", 1, arch="segnet_vgg13_bn",
+                                      width_multiplier=WIDTH)
   with pytest.raises(ValueError, match="segnet_vgg13_bn"):
-    spec_from_teachers(("seg", "depth"),
-                       [teachers["seg"][0], SegNet(1, "segnet_vgg13_bn", WIDTH)])
-  with pytest.raises(ValueError, match="given for task 'seg' is a 'depth' teacher"):
-    info = types.SimpleNamespace(task="depth", num_outputs=1, arch="segnet_vgg16_bn",
-                                 width_multiplier=WIDTH, head="conv")
-    spec_from_teachers(("seg", "depth"), [info, teachers["seg"][0]])
+    StudentSpec((seg, vgg13))
+  with pytest.raises(ValueError, match="Task 'seg' is given twice: by teacher 'seg' and by "
+                                       "teacher 'seg2'"):
+    StudentSpec((seg, teacher_model.SegNetTeacher("seg2", "seg", 13, width_multiplier=WIDTH)))
+  with pytest.raises(ValueError, match="not unique"):
+    StudentSpec((seg, seg))
   spec = spec2()
   variables = {t: teachers[t][1] for t in spec.tasks}
-  with pytest.raises(ValueError, match="Branch point 5 of task 'depth'"):
+  with pytest.raises(ValueError, match="Branch point 5 of teacher 'depth'"):
     init_student_from_teachers(spec, (1, 5), variables, rng=jax.random.key(0))
-  with pytest.raises(ValueError, match="one branch point per task"):
+  with pytest.raises(ValueError, match="one branch point per teacher"):
     count_student_params(spec, (1,))
   with pytest.raises(ValueError, match="'normals' is not in this student"):
-    spec.task_index("normals")
+    spec.teacher_of("normals")
   with pytest.raises(ValueError, match=r"not in the student \['normals'\]"):
     init_student_from_teachers(spec, (1, 1), {**variables, "normals": teachers["normals"][1]},
                                rng=jax.random.key(0))
   with pytest.raises(ValueError, match=r"missing \['depth'\]"):
     init_student_from_teachers(spec, (1, 1), {"seg": variables["seg"]}, rng=jax.random.key(0))
   wrong = {"seg": variables["seg"], "depth": teachers["normals"][1]}  # 3 outputs, not 1
-  with pytest.raises(ValueError, match=r"teacher_variables\['depth'\] blocks up2, up1.*shape"):
+  with pytest.raises(ValueError, match=r"teacher_variables\['depth'\] after branch point 3.*"
+                                       r"shape"):
     init_student_from_teachers(spec, (1, 3), wrong, rng=jax.random.key(0))
   with pytest.raises(ValueError, match="trunk_task"):
-    StudentSpec(("seg", "depth"), (13, 1), ("conv", "conv"), trunk_task="normals")
+    StudentSpec(models(("seg", "depth")), trunk_task="normals")
 
 
 # --- FLOPs --------------------------------------------------------------------------------

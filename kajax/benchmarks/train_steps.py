@@ -21,7 +21,7 @@ import numpy as np
 
 from kajax import amalgamation_steps as steps
 from kajax import (losses, optim, parallel, segnet, student_init, student_model, student_spec,
-                   train_teacher)
+                   tasks, teacher_model, train_teacher)
 
 _ADAM = ml_collections.ConfigDict({"name": "adam", "learning_rate": 1e-4,
                                    "weight_decay": 1e-4, "schedule": "cosine"})
@@ -66,10 +66,10 @@ def main(argv=None) -> None:
   depth = segnet.SegNet(1, width_multiplier=args.width)
   teachers = parallel.replicate({"seg": _random_variables(seg, 0),
                                  "depth": _random_variables(depth, 1)}, mesh)
-  spec = student_spec.StudentSpec(("seg", "depth"), (13, 1), ("conv", "conv"),
-                             width_multiplier=args.width)
-  tasks, modules = ("seg", "depth"), (seg, depth)
-  fns = (steps.make_projection_fn("seg", "kl", {}), steps.make_projection_fn("depth", "l1", {}))
+  spec = student_spec.StudentSpec(teacher_model.segnet_teachers(
+      ("seg", "depth"), (13, 1), width_multiplier=args.width))
+  fns = {"seg": tasks.projection_fn("seg", "kl"), "depth": tasks.projection_fn("depth", "l1")}
+  lambdas = {"seg": 1.0, "depth": 1.0}
   tx = optim.make_optimizer(_ADAM, 1000)
   rng = jax.random.key(0)
   rows = []
@@ -85,8 +85,9 @@ def main(argv=None) -> None:
   trunk_vars = jax.device_get(student_init.init_trunk_from_teachers(spec, host_teachers, rng))
   state = parallel.replicate(optim.create_train_state(trunk_vars, tx), mesh)
   fn = jax.jit(functools.partial(
-      steps.block_train_step, trunk=student_model.StudentTrunk(spec), teacher_modules=modules,
-      task_names=tasks, projection_fns=fns, lambdas=(1.0, 1.0), tx=tx, num_steps=1000),
+      steps.block_train_step, trunk=student_model.StudentTrunk(spec),
+      teacher_models=spec.teachers, projection_fns=fns, lambdas=lambdas, tx=tx,
+      num_steps=1000),
       donate_argnums=(0,))
   rows.append(("block-wise step",) + _time(fn, state, (teachers, batch, rng), args.steps))
 
@@ -94,8 +95,9 @@ def main(argv=None) -> None:
                                                  trunk_variables=trunk_vars, rng=rng)
   state = parallel.replicate(optim.create_train_state(variables, tx), mesh)
   fn = jax.jit(functools.partial(
-      steps.finetune_train_step, model=student_model.Student(spec, points), teacher_modules=modules,
-      task_names=tasks, projection_fns=fns, lambdas=(1.0, 1.0), tx=tx), donate_argnums=(0,))
+      steps.finetune_train_step, model=student_model.Student(spec, points),
+      teacher_models=spec.teachers, projection_fns=fns, lambdas=lambdas, tx=tx),
+      donate_argnums=(0,))
   rows.append((f"fine-tuning step k={points}",) + _time(fn, state, (teachers, batch, rng),
                                                         args.steps))
 

@@ -4,14 +4,17 @@ Two configs, both built from a manual directory and without TensorFlow
 (``download_and_prepare(file_format='array_record')``, read with ``tfds.data_source``):
 
 - ``labeled_mat``: the official ``nyu_depth_v2_labeled.mat`` + ``splits.mat`` at 480x640;
-  894 raw classes -> 13 (``kajax/data/nyuv2_class_mapping.json``); in-painted depth.
+  894 raw classes -> 13 (``kajax/data/nyuv2_class_mapping.json``); in-painted depth;
+  approximate surface normals computed from that depth with the NYUv2 camera intrinsics
+  (``kajax.datasets.depth_normals``; the file itself has none).
 - ``mtan_npy``: the MTAN/LibMTL/Auto-Lambda preprocessed ``.npy`` folders at 288x384, with
   surface normals.
 
 Features follow kajax's common interface: ``image`` uint8 (H, W, 3); ``label`` uint8 (H, W),
 classes 0..12 = bed, books, ceiling, chair, floor, furniture, objects, picture, sofa, table,
 tv, wall, window, 255 = ignore; ``depth`` float32 (H, W) metres, 0 = invalid; ``normals``
-float32 (H, W, 3) (``mtan_npy`` only). Examples are stored in source order (shuffling
+float32 (H, W, 3) ((0, 0, 0) = invalid; MTAN's own, or derived from depth for
+``labeled_mat``). Examples are stored in source order (shuffling
 disabled), so example i of ``test`` is the i-th frame of ``testNdxs`` (or MTAN's ``val/i.npy``).
 The readers live in ``nyuv2_mat`` and ``nyuv2_mtan``; importing this module registers the
 builder.
@@ -62,17 +65,16 @@ or in Python:
 """
 
 
-def _features(height: int, width: int, with_normals: bool) -> tfds.features.FeaturesDict:
+def _features(height: int, width: int) -> tfds.features.FeaturesDict:
   # Image takes PIL images (PNG-encoded by PIL); the rest are zlib-compressed raw tensors.
   # Both encode and decode without TensorFlow.
   features = {
       "image": tfds.features.Image(shape=(height, width, 3), encoding_format="png"),
       "label": tfds.features.Tensor(shape=(height, width), dtype=np.uint8, encoding="zlib"),
       "depth": tfds.features.Tensor(shape=(height, width), dtype=np.float32, encoding="zlib"),
+      "normals": tfds.features.Tensor(shape=(height, width, 3), dtype=np.float32,
+                                      encoding="zlib"),
   }
-  if with_normals:
-    features["normals"] = tfds.features.Tensor(shape=(height, width, 3), dtype=np.float32,
-                                               encoding="zlib")
   return tfds.features.FeaturesDict(features)
 
 
@@ -81,10 +83,11 @@ def _to_tfds_example(example: dict[str, np.ndarray]) -> dict:
 
 
 class Nyuv2(tfds.core.GeneratorBasedBuilder):
-  """NYU Depth V2 labelled frames: 13-class segmentation, depth (and normals for MTAN's copy)."""
+  """NYU Depth V2 labelled frames: 13-class segmentation, depth and surface normals."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Configs labeled_mat (official .mat files) and mtan_npy."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Configs labeled_mat (official .mat files) and mtan_npy.",
+                   "1.1.0": "labeled_mat: surface normals derived from depth."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS
   # TFDS 4.9.10 locates a builder's source file through `importlib_resources`, a package it
   # only requires on Python < 3.9 (tensorflow/datasets#11212), so building fails with
@@ -94,7 +97,8 @@ class Nyuv2(tfds.core.GeneratorBasedBuilder):
       tfds.core.BuilderConfig(
           name="labeled_mat",
           description=("Official nyu_depth_v2_labeled.mat + splits.mat: 795 train / 654 "
-                       "test frames at 480x640, 13 classes, in-painted depth in metres.")),
+                       "test frames at 480x640, 13 classes, in-painted depth in metres, "
+                       "approximate normals from depth.")),
       tfds.core.BuilderConfig(
           name="mtan_npy",
           description=("MTAN preprocessed NYUv2 .npy folders: 795 train / 654 test (MTAN's "
@@ -103,9 +107,9 @@ class Nyuv2(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     if self.builder_config.name == "labeled_mat":
-      features = _features(nyuv2_mat.HEIGHT, nyuv2_mat.WIDTH, with_normals=False)
+      features = _features(nyuv2_mat.HEIGHT, nyuv2_mat.WIDTH)
     else:
-      features = _features(nyuv2_mtan.HEIGHT, nyuv2_mtan.WIDTH, with_normals=True)
+      features = _features(nyuv2_mtan.HEIGHT, nyuv2_mtan.WIDTH)
     return self.dataset_info_from_configs(
         description=__doc__,
         features=features,

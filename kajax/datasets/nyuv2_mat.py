@@ -21,6 +21,8 @@ import h5py
 import numpy as np
 import scipy.io
 
+from kajax.datasets import depth_normals
+
 LABELED_MAT = "nyu_depth_v2_labeled.mat"
 SPLITS_MAT = "splits.mat"
 # Native resolution of the labelled frames (rows, columns).
@@ -219,7 +221,8 @@ def iter_labeled_frames(path: str, indices: np.ndarray,
 
   Yields:
     (index, {'image': (H, W, 3) uint8, 'label': (H, W) uint8 0..12/255,
-    'depth': (H, W) float32 metres}).
+    'depth': (H, W) float32 metres, 'normals': (H, W, 3) float32 unit vectors estimated
+    from the depth, see ``kajax.datasets.depth_normals``}).
   """
   if lookup is None:
     lookup = raw_to_13_lookup()
@@ -232,8 +235,11 @@ def iter_labeled_frames(path: str, indices: np.ndarray,
         label = map_raw_labels(raw, lookup)
       except ValueError as e:
         raise ValueError(f"{path}: 'labels' of frame {i} (MATLAB {i + 1}): {e}") from e
+      depth = clean_depth(mat_plane_to_hw(f["depths"][i]))
       yield i, {
           "image": mat_image_to_hwc(f["images"][i]),
           "label": label,
-          "depth": clean_depth(mat_plane_to_hw(f["depths"][i])),
+          "depth": depth,
+          # The file has no normals: approximate ones from the depth (depth_normals).
+          "normals": depth_normals.normals_from_depth(depth),
       }
