@@ -66,13 +66,11 @@ def finetune_step_cost(crop: tuple[int, int], branch_points: tuple[int, ...],
                        batch: int = 1) -> tuple[float, int]:
   """(FLOPs per image of one compiled fine-tuning step, student parameter count), full size."""
   from kajax import (amalgamation_steps as steps, optim, segnet, student_model,
-                     student_spec, teacher_files)
+                     student_spec, tasks as tasks_lib, teacher_model)
   tasks, outputs = ("seg", "depth"), (13, 1)
-  infos = {t: teacher_files.TeacherInfo(task=t, num_outputs=c, arch="segnet_vgg16_bn",
-                                        head="conv") for t, c in zip(tasks, outputs)}
-  spec = student_spec.spec_from_teachers(tasks, infos)
+  spec = student_spec.StudentSpec(teacher_model.segnet_teachers(tasks, outputs))
   model = student_model.Student(spec, branch_points)
-  teachers = tuple(infos[t].build_module() for t in tasks)
+  teachers = tuple(t.module() for t in spec.teachers)
   image = jax.ShapeDtypeStruct((batch, *crop, 3), jnp.float32)
   probe = jnp.zeros((1, 64, 64, 3))
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), probe, train=False))
@@ -81,9 +79,10 @@ def finetune_step_cost(crop: tuple[int, int], branch_points: tuple[int, ...],
   tx = optim.make_optimizer(_adam(), 100)
   state = jax.eval_shape(lambda: optim.create_train_state(
       jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), variables), tx))
-  fns = tuple(steps.make_projection_fn(t, k, {}) for t, k in zip(tasks, ("kl", "l1")))
-  step = functools.partial(steps.finetune_train_step, model=model, teacher_modules=teachers,
-                           task_names=tasks, projection_fns=fns, lambdas=(1.0, 1.0), tx=tx)
+  fns = {t: tasks_lib.projection_fn(t, k) for t, k in zip(tasks, ("kl", "l1"))}
+  step = functools.partial(steps.finetune_train_step, model=model,
+                           teacher_models=spec.teachers, projection_fns=fns,
+                           lambdas={t: 1.0 for t in tasks}, tx=tx)
   compiled = jax.jit(step).lower(state, teacher_vars, {"image": image},
                                  jax.random.key(0)).compile()
   cost = compiled.cost_analysis()

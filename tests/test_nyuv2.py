@@ -190,7 +190,8 @@ def test_labeled_mat_build(fake_mat, tmp_path):
       # Normals derived from depth: the constant 1.5 m left half is a wall facing the camera.
       normals = ex["normals"]
       assert normals.shape == (H, W, 3) and normals.dtype == np.float32
-      np.testing.assert_allclose(normals[2:-2, 2:318], [0.0, 0.0, -1.0], atol=1e-6)
+      np.testing.assert_allclose(normals[2:-2, 2:318],
+                                 np.broadcast_to([0.0, 0.0, -1.0], (H - 4, 316, 3)), atol=1e-6)
       assert np.all(normals[:2] == 0) and np.all(normals[:, :2] == 0)  # no neighbours
 
 
