@@ -27,7 +27,7 @@ def get_config(arg=None):
   option_a = config_blocks.rooms_student(TASKS, teachers, args)
   option_b = config_blocks.rooms_student(TASKS, teachers, args)
   # Option B: the two-task run's exported student is the teacher of seg and depth.
-  option_b.teachers = {"two_task": {"dir": "two_task/student", "train_config": None},
+  option_b.teachers = {"two_task": {"dir": "{workdir}/two_task/student", "train_config": None},
                        "normals": option_a.teachers.normals.to_dict()}
   c.runs = {"two_task": two, "option_a": option_a, "option_b": option_b}
   c.run_order = ("two_task", "option_a", "option_b")

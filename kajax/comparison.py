@@ -7,10 +7,11 @@ sub-directory; nothing here trains anything itself.
 
 Config (besides the usual ``data_dir``):
 
-* ``runs``: {run name: amalgamation config}; relative teacher ``dir`` paths in them are taken
-  inside the *comparison's* workdir, so runs share teachers (``teachers/seg``, trained once
-  by the first run that needs it) and a run can use another run's exported student as a
-  teacher (``two_task/student``: option B);
+* ``runs``: {run name: amalgamation config}; a teacher ``dir`` written ``{workdir}/...`` in
+  them is taken inside the *comparison's* workdir, so runs share teachers
+  (``{workdir}/teachers/seg``, trained once by the first run that needs it) and a run can use
+  another run's exported student as a teacher (``{workdir}/two_task/student``: option B);
+  other paths mean what they mean in a shell, as in any run;
 * ``run_order``: the order to run them in (a run must come after the runs it builds on);
 * ``labels``: {run name: how the report calls it}.
 
@@ -21,12 +22,11 @@ with each model's parameters and GFLOPs per image (a student's are for all its t
 
 from __future__ import annotations
 
-import os
 from typing import Any, Mapping
 
 import ml_collections
 
-from kajax import amalgamate, multihost, storage, tasks
+from kajax import amalgamate, multihost, storage, tasks, teacher_setup
 
 
 def _run_config(config: ml_collections.ConfigDict, name: str, workdir: str
@@ -36,9 +36,8 @@ def _run_config(config: ml_collections.ConfigDict, name: str, workdir: str
     if not run.get("data_dir"):
       run.data_dir = config.get("data_dir", "")
     for teacher in run.teachers.values():
-      path = os.path.expanduser(teacher.dir)
-      teacher.dir = (path if os.path.isabs(path) or storage.is_url(path) else
-                     storage.join(workdir, path))
+      if teacher.dir.startswith(teacher_setup.WORKDIR_PREFIX):
+        teacher.dir = teacher_setup.resolve_dir(teacher.dir, workdir)
   return run
 
 

@@ -136,7 +136,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path
 
 
 @pytest.mark.parametrize("problem, match", [
-    ("missing", r"No teacher or student in .*nothing_here \(--config.teachers.depth.dir\)"),
+    ("missing", r"No teacher or student in .*nothing_here \(--config.teachers.depth.dir="),
     ("wrong_task", "holds a 'seg' teacher"),
     ("geometry", "cannot be spliced"),
     ("batch", "batch_size=12"),

@@ -77,7 +77,7 @@ def test_padded_last_batch_on_8_devices_matches_numpy():
   mesh = parallel.make_mesh()
   got = evaluation.evaluate(_model_fn, parallel.replicate(params, mesh),
                             {"seg": {}, "depth": {}}, examples, None, BATCH, mesh,
-                            num_classes=C)
+                            num_outputs={"seg": C})
   seg, depth = _numpy_reference(examples, params)
   for key, value in seg.items():
     assert got["seg"][key] == pytest.approx(value, rel=1e-6), key
