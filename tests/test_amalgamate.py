@@ -256,7 +256,7 @@ def test_the_same_branch_choice_is_reused(tmp_path):
   config = _amalgamation_config("unused", str(tmp_path))
   assert amalgamate.check_recorded_search(config, ("seg", "depth"), search,
                                           str(tmp_path)) == (2, 1)
-  with pytest.raises(ValueError, match="made for tasks"):
+  with pytest.raises(ValueError, match="made for teachers"):
     amalgamate.check_recorded_search(config, ("seg", "normals"), search, str(tmp_path))
 
 

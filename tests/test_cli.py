@@ -79,7 +79,7 @@ def test_flagfile_and_one_line_runtime_errors(tmp_path):
   _, err = proc.communicate(timeout=300)
   assert proc.returncode == 1
   assert err.strip() == ("error: --config.mode='bogus': choose one of ('teacher', "
-                         "'amalgamate', 'evaluate').")
+                         "'amalgamate', 'evaluate', 'compare').")
   assert not (tmp_path / "w").exists()  # Nothing was started.
 
 

@@ -118,5 +118,5 @@ def test_amalgamation_with_its_workdir_in_a_bucket(tmp_path, monkeypatch, fake_g
       assert f"{phase}/{name}" in tags, (phase, name)
   assert any(t.startswith("config") for t in tags)
   assert "_hparams_/experiment" in tags and "_hparams_/session_start_info" in tags
-  assert "test/student/miou" in tags
+  assert "test/student/seg/miou" in tags
 
