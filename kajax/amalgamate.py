@@ -30,9 +30,9 @@ import numpy as np
 from etils import epath
 
 from kajax import (amalgamation_steps as steps, branch_search, checkpointing, data_sources,
-                   export, input_pipeline, multihost, optim, parallel, results, storage,
-                   student_init, student_model, student_spec, tasks, teacher_setup,
-                   train_teacher, training_logs, training_loop)
+                   export, input_pipeline, multihost, optim, parallel, results,
+                   step_parallelism, storage, student_init, student_model, student_spec, tasks,
+                   teacher_setup, train_teacher, training_logs, training_loop)
 
 
 @dataclasses.dataclass
@@ -82,6 +82,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.block.schedule not in steps.BLOCK_SCHEDULES:
     raise ValueError(f"--config.block.schedule={config.block.schedule!r}: choose one of "
                      f"{steps.BLOCK_SCHEDULES}.")
+  if config.block.get("path", "drawn_path") not in steps.BLOCK_PATHS:
+    raise ValueError(f"--config.block.path={config.block.path!r}: choose one of "
+                     f"{steps.BLOCK_PATHS}.")
+  step_parallelism.check_config(config)
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
@@ -244,10 +248,22 @@ def _resume(ckpt: checkpointing.Checkpointer, state: Any, train_iter: Any) -> An
   return state
 
 
+def _student_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """BatchNorm device axis (pmap), compute dtype and encoder remat of the trained student."""
+  return {"bn_axis_name": step_parallelism.bn_axis_name(config),
+          "dtype": step_parallelism.compute_dtype(config), "remat": config.get("remat", False)}
+
+
+def _compile(step: Any, config: ml_collections.ConfigDict) -> Any:
+  """A bound amalgamation step compiled as ``config.parallelism`` says (state donated)."""
+  return step_parallelism.compile_train_step(step, config.get("parallelism", "jit"),
+                                             batch_argnum=2)
+
+
 def block_phase(run: Run) -> Any:
   """Step 2. Returns the trained trunk variables (encoder, trunk blocks, all gates)."""
   c = run.config
-  trunk = student_model.StudentTrunk(run.spec)
+  trunk = student_model.StudentTrunk(run.spec, **_student_options(c))
   variables = student_init.init_trunk_from_teachers(
       run.spec, {n: tc.variables for n, tc in run.teachers.items()},
       jax.random.key(c.seed))
@@ -256,10 +272,12 @@ def block_phase(run: Run) -> Any:
   ckpt = _checkpointer(run, "block")
   train_iter = _train_iterator(run, c.seed)
   state = _resume(ckpt, state, train_iter)
-  jitted = jax.jit(functools.partial(
+  jitted = _compile(functools.partial(
       steps.block_train_step, trunk=trunk, teacher_models=run.teacher_models,
       projection_fns=run.projection_fns, lambdas=run.lambdas,
-      tx=tx, num_steps=c.block.num_steps, schedule=c.block.schedule), donate_argnums=(0,))
+      tx=tx, num_steps=c.block.num_steps, schedule=c.block.schedule,
+      block_path=c.block.get("path", "drawn_path"),
+      grad_accum_steps=c.get("grad_accum_steps", 1)), c)
   rng = jax.random.key(c.seed + 1)
   state = training_loop.run("block", lambda s, b: jitted(s, run.teacher_vars, b, rng), state,
                    train_iter, run.mesh,
@@ -275,17 +293,20 @@ def branch_phase(run: Run, trunk_variables: Any) -> tuple[tuple[int, ...], np.nd
   """Step 3: the teachers x 5 loss table on held-out unaugmented images, and the choice."""
   c = run.config
   fn = jax.jit(functools.partial(
-      steps.branch_losses, trunk=student_model.StudentTrunk(run.spec),
-      teacher_models=run.teacher_models, projection_fns=run.projection_fns,
-      lambdas=run.lambdas))
-  sums, count = 0.0, 0.0
+      steps.branch_losses, trunk=student_model.StudentTrunk(
+          run.spec, dtype=step_parallelism.compute_dtype(c)),
+      teacher_models=run.teacher_models, projection_fns=run.projection_fns))
+  totals = None
   source = run.source(c.branch_split)
   for local in input_pipeline.make_eval_iterator(source, c.input,
                                                  global_batch_size=c.eval_batch_size,
                                                  images_only=True):
-    s, n = fn(trunk_variables, run.teacher_vars, parallel.global_batch(local, run.mesh))
-    sums, count = sums + s, count + n
-  table = np.asarray(jax.device_get(sums)) / float(count)
+    part = fn(trunk_variables, run.teacher_vars, parallel.global_batch(local, run.mesh))
+    totals = part if totals is None else jax.tree_util.tree_map(jnp.add, totals, part)
+  totals = jax.device_get(totals)
+  # Divided once over the whole split: the training loss of the split as one batch.
+  table = steps.branch_table(totals, run.teacher_models, run.lambdas)
+  count = int(totals["images"])
   override = branch_search.parse_override(c.branch.override, run.teacher_names)
   chosen = override or branch_search.choose_branch_points(table, c.branch.tau)
   if multihost.is_main_process():
@@ -306,7 +327,7 @@ def finetune_phase(run: Run, branch_points: tuple[int, ...], trunk_variables: An
                    ) -> Any:
   """Step 4. Returns the fine-tuned fixed-branch student's variables."""
   c = run.config
-  model = student_model.Student(run.spec, branch_points)
+  model = student_model.Student(run.spec, branch_points, **_student_options(c))
   ckpt = _checkpointer(run, "finetune")
   _check_checkpoint_points(run, ckpt, branch_points)
   tx = optim.make_optimizer(c.finetune.optimizer, c.finetune.num_steps)
@@ -319,10 +340,10 @@ def finetune_phase(run: Run, branch_points: tuple[int, ...], trunk_variables: An
   state = parallel.replicate(optim.create_train_state(variables, tx), run.mesh)
   train_iter = _train_iterator(run, c.seed + 2)
   state = _resume(ckpt, state, train_iter)
-  jitted = jax.jit(functools.partial(
+  jitted = _compile(functools.partial(
       steps.finetune_train_step, model=model, teacher_models=run.teacher_models,
-      projection_fns=run.projection_fns, lambdas=run.lambdas,
-      tx=tx), donate_argnums=(0,))
+      projection_fns=run.projection_fns, lambdas=run.lambdas, tx=tx,
+      grad_accum_steps=c.get("grad_accum_steps", 1)), c)
   rng = jax.random.key(c.seed + 3)
   state = training_loop.run("finetune", lambda s, b: jitted(s, run.teacher_vars, b, rng), state,
                    train_iter, run.mesh,

@@ -133,6 +133,16 @@ def model_config(num_outputs, arch="segnet_vgg16_bn", width_multiplier=1.0, head
   return c
 
 
+def _add_step_options(c: ml_collections.ConfigDict) -> None:
+  """How training steps run (``kajax.step_parallelism``), shared by teachers and students."""
+  # float32 | bfloat16 convolutions and activations; parameters, optimiser state, BatchNorm
+  # statistics and losses stay float32.
+  c.compute_dtype = "float32"
+  c.parallelism = "jit"  # jit over the device mesh | pmap (one process)
+  c.grad_accum_steps = 1  # micro-batches per step (must divide the per-device batch)
+  c.remat = False  # recompute encoder activations in the backward pass (less memory)
+
+
 def teacher_config(task, dataset, train_split, eval_split, *, width_multiplier, num_steps,
                    batch_size, learning_rate, input_cfg, num_outputs=None):
   """A complete ``mode='teacher'`` config for one task."""
@@ -154,6 +164,7 @@ def teacher_config(task, dataset, train_split, eval_split, *, width_multiplier, 
   c.batch_size = batch_size
   c.eval_batch_size = 32
   c.input = input_cfg
+  _add_step_options(c)
   c.init_from = ""  # torchvision vgg16_bn .pth for an ImageNet-initialised encoder
   c.export_dir = ""  # '' = WORKDIR/teacher
   c.log_every = 25
@@ -235,12 +246,15 @@ def amalgamation_config(tasks, dataset, *, unlabeled_split, branch_split, test_s
   c.block = ml_collections.ConfigDict()
   c.block.num_steps = block_steps
   c.block.schedule = "random"  # random: k_t drawn per task and step | sequential
+  # drawn_path: compute only the trunk blocks and gates the drawn k use | all_blocks
+  c.block.path = "drawn_path"
   c.branch = ml_collections.ConfigDict()
   c.branch.tau = 0.1  # deepest k within (1 + tau) of the task's minimum loss
   c.branch.override = ""  # e.g. '1,2': one k per task, skips the rule
   c.finetune = ml_collections.ConfigDict()
   c.finetune.num_steps = finetune_steps
   c.finetune.optimizer = optimizer_config(learning_rate=learning_rate)
+  _add_step_options(c)
   c.batch_size = batch_size
   c.eval_batch_size = 32
   c.input = input_cfg

@@ -8,10 +8,11 @@ for 'adam' and 'sgd' (torch.optim semantics), decoupled for 'adamw'.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import flax
 import jax
+import jax.numpy as jnp
 import optax
 
 _OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -77,3 +78,53 @@ def create_train_state(variables: dict[str, Any], tx: optax.GradientTransformati
   params = variables["params"]
   return TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
                     batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params))
+
+
+def apply_update(state: TrainState, grads: Any, batch_stats: Any,
+                 tx: optax.GradientTransformation) -> TrainState:
+  """One optimiser update; the new BatchNorm statistics replace the old ones."""
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                       batch_stats=batch_stats, opt_state=opt_state)
+
+
+def accumulate(micro_step: Callable[[Any], Any], batch: Any, num_micro: int) -> Any:
+  """Gradient accumulation: ``micro_step`` on ``num_micro`` slices of ``batch``, averaged.
+
+  ``micro_step(micro_batch)`` returns a pytree of floats -- (gradients, new BatchNorm
+  statistics, metrics) in kajax's steps -- and every leaf is averaged over the micro-batches
+  (one ``lax.scan``: a single compiled body, one micro-batch of activations in memory).
+
+  Micro-batch i holds images i, i + A, i + 2A, ... (A = ``num_micro``), so each device of a
+  data-parallel mesh contributes equally to every micro-batch. BatchNorm: each micro-batch is
+  normalised with its own statistics (as on a device that holds only it), and the running
+  statistics move once per step, by the mean of the micro-batches' updates. Losses are pixel
+  means of equal-size micro-batches, so the mean of their gradients is the gradient of the
+  whole batch's loss; with BatchNorm in training mode the result equals one step on the whole
+  batch exactly when the micro-batches' statistics equal the batch's (e.g. repeated halves).
+
+  Args:
+    micro_step: function of one micro-batch.
+    batch: pytree of arrays with a leading batch axis divisible by ``num_micro``.
+    num_micro: number of micro-batches (``config.grad_accum_steps``); 1 calls ``micro_step``
+      on the whole batch.
+  """
+  if num_micro == 1:
+    return micro_step(batch)
+  sizes = {x.shape[0] for x in jax.tree_util.tree_leaves(batch)}
+  if len(sizes) != 1 or next(iter(sizes)) % num_micro:
+    raise ValueError(f"--config.grad_accum_steps={num_micro} must divide the batch size "
+                     f"(got a batch of {sorted(sizes)}).")
+
+  def split(x):  # (B, ...) -> (A, B/A, ...), micro-batch i = images i, i+A, ...
+    return jnp.swapaxes(x.reshape(x.shape[0] // num_micro, num_micro, *x.shape[1:]), 0, 1)
+
+  micro = jax.tree_util.tree_map(split, batch)
+  shapes = jax.eval_shape(micro_step, jax.tree_util.tree_map(lambda x: x[0], micro))
+  zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+  def body(total, one):
+    return jax.tree_util.tree_map(jnp.add, total, micro_step(one)), None
+
+  total, _ = jax.lax.scan(body, zeros, micro)
+  return jax.tree_util.tree_map(lambda x: x / num_micro, total)

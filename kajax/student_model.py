@@ -51,7 +51,8 @@ def block_level(block: str) -> int:
   return int(block[len("up"):]) - 1
 
 
-def _run_encoder(spec: StudentSpec, x: jax.Array, train: bool, bn_axis_name, param_dtype
+def _run_encoder(spec: StudentSpec, x: jax.Array, train: bool, bn_axis_name, param_dtype,
+                 dtype=None, remat: bool = False
                  ) -> tuple[jax.Array, tuple[PoolIndices, ...], dict[str, jax.Array]]:
   # Called from a compact method: the blocks become children of the calling module.
   if x.ndim != 4:
@@ -59,21 +60,23 @@ def _run_encoder(spec: StudentSpec, x: jax.Array, train: bool, bn_axis_name, par
   features, indices = {}, []
   for name in ENCODER_BLOCKS:
     x, idx = encoder_block(name, spec.arch, spec.width_multiplier, bn_axis_name,
-                           param_dtype)(x, train)
+                           param_dtype, dtype, remat)(x, train)
     features[name] = x
     indices.append(idx)
   return x, tuple(indices), features
 
 
-def _trunk_block(spec: StudentSpec, name: str, bn_axis_name, param_dtype) -> nn.Module:
+def trunk_block(spec: StudentSpec, name: str, bn_axis_name=None, param_dtype=jnp.float32,
+                dtype=None) -> nn.Module:
+  """Trunk block ``name`` (up5..up2) of the student, unbound."""
   # Trunk blocks are never up1, so the head and output count do not matter (1, 'conv').
   return decoder_block(name, spec.arch, 1, spec.width_multiplier, "conv", bn_axis_name,
-                       param_dtype)
+                       param_dtype, dtype)
 
 
 def _run_tail(spec: StudentSpec, branch_points: tuple[int, ...], start: int, f: jax.Array,
-              indices: Sequence[PoolIndices], train: bool, bn_axis_name, param_dtype
-              ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+              indices: Sequence[PoolIndices], train: bool, bn_axis_name, param_dtype,
+              dtype=None) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
   """A fixed-branch student from shared feature f_start on (``start`` = 0: after the encoder).
 
   Trunk blocks ``start..max k - 1`` run first; a teacher whose branch point is at or after
@@ -84,8 +87,8 @@ def _run_tail(spec: StudentSpec, branch_points: tuple[int, ...], start: int, f: 
   shared, features = {start: f}, {}
   for j in range(start, max(branch_points)):
     name = TRUNK_BLOCKS[j]
-    f = _trunk_block(spec, name, bn_axis_name, param_dtype)(f, indices[block_level(name)],
-                                                            train)
+    f = trunk_block(spec, name, bn_axis_name, param_dtype, dtype)(
+        f, indices[block_level(name)], train)
     shared[j + 1] = f
     features[name] = f
   outputs = {}
@@ -95,7 +98,7 @@ def _run_tail(spec: StudentSpec, branch_points: tuple[int, ...], start: int, f: 
       features[f"gated_{teacher.name}"] = x
     else:
       x, k = shared[start], start
-    out, branch_features = teacher.tail(k, bn_axis_name, param_dtype,
+    out, branch_features = teacher.tail(k, bn_axis_name, param_dtype, dtype=dtype,
                                         name=f"branch_{teacher.name}")(x, indices, train)
     outputs.update(out)
     features.update({f"{teacher.name}/{n}": v for n, v in branch_features.items()})
@@ -108,18 +111,24 @@ class StudentTrunk(nn.Module):
   ``apply(variables, x, train)`` returns ``(gated, indices)``: ``gated[g][k]`` is teacher g's
   gated f_k for k = 0..4 (teachers in ``spec.teachers`` order), ``indices`` the PoolIndices
   of down1..down5.
+
+  ``dtype`` is the compute dtype (None: that of the inputs and variables; parameters stay
+  ``param_dtype``); ``remat`` recomputes the encoder blocks' activations in the backward pass.
   """
   spec: StudentSpec
   bn_axis_name: str | None = None
   param_dtype: Any = jnp.float32
+  dtype: Any = None
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False
                ) -> tuple[tuple[tuple[jax.Array, ...], ...], tuple[PoolIndices, ...]]:
-    f, indices, _ = _run_encoder(self.spec, x, train, self.bn_axis_name, self.param_dtype)
+    f, indices, _ = _run_encoder(self.spec, x, train, self.bn_axis_name, self.param_dtype,
+                                 self.dtype, self.remat)
     shared = [f]
     for name in TRUNK_BLOCKS:
-      f = _trunk_block(self.spec, name, self.bn_axis_name, self.param_dtype)(
+      f = trunk_block(self.spec, name, self.bn_axis_name, self.param_dtype, self.dtype)(
           f, indices[block_level(name)], train)
       shared.append(f)
     gated = tuple(
@@ -142,6 +151,7 @@ class TaskBranch(nn.Module):
   head: str
   bn_axis_name: str | None = None
   param_dtype: Any = jnp.float32
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, f: jax.Array, indices: Sequence[PoolIndices], train: bool
@@ -149,8 +159,8 @@ class TaskBranch(nn.Module):
     features = {}
     for name in DECODER_BLOCKS[self.start:]:
       f = decoder_block(name, self.arch, self.num_outputs, self.width_multiplier, self.head,
-                        self.bn_axis_name, self.param_dtype)(f, indices[block_level(name)],
-                                                             train)
+                        self.bn_axis_name, self.param_dtype, self.dtype)(
+                            f, indices[block_level(name)], train)
       features[name] = f
     return {self.task: f}, features
 
@@ -166,13 +176,14 @@ class StudentTail(nn.Module):
   start: int
   bn_axis_name: str | None = None
   param_dtype: Any = jnp.float32
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, f: jax.Array, indices: Sequence[PoolIndices], train: bool
                ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
     ks = check_branch_points(self.spec, self.branch_points)
     return _run_tail(self.spec, ks, self.start, f, indices, train, self.bn_axis_name,
-                     self.param_dtype)
+                     self.param_dtype, self.dtype)
 
 
 class Student(nn.Module):
@@ -182,26 +193,29 @@ class Student(nn.Module):
   task's raw NHWC output (as its teacher's); ``features`` holds ``down1..down5``, the trunk
   blocks ``up5..`` that exist, ``gated_{teacher}`` (the gated f_{k_g}) and
   ``{teacher}/...`` (branch block outputs). Only trunk blocks
-  ``DECODER_BLOCKS[:max(branch_points)]`` are created.
+  ``DECODER_BLOCKS[:max(branch_points)]`` are created. ``dtype`` and ``remat`` as in
+  :class:`StudentTrunk`.
   """
   spec: StudentSpec
   branch_points: tuple[int, ...]
   bn_axis_name: str | None = None
   param_dtype: Any = jnp.float32
+  dtype: Any = None
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False
                ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
     ks = check_branch_points(self.spec, self.branch_points)
     f0, indices, features = _run_encoder(self.spec, x, train, self.bn_axis_name,
-                                         self.param_dtype)
+                                         self.param_dtype, self.dtype, self.remat)
     outputs, tail_features = _run_tail(self.spec, ks, 0, f0, indices, train,
-                                       self.bn_axis_name, self.param_dtype)
+                                       self.bn_axis_name, self.param_dtype, self.dtype)
     return outputs, {**features, **tail_features}
 
 
 def switch_tail(teacher_index: int, k: jax.Array | int, gated, indices, teacher: Any,
-                teacher_variables: Any) -> dict[str, jax.Array]:
+                teacher_variables: Any, dtype: Any = None) -> dict[str, jax.Array]:
   """Teacher ``teacher_index``'s projection of its gated f_k at a (traced) branch point k.
 
   All five projections are traced into one ``lax.switch``, so a jitted train step compiles
@@ -213,6 +227,7 @@ def switch_tail(teacher_index: int, k: jax.Array | int, gated, indices, teacher:
     gated: the ``gated`` output of :class:`StudentTrunk`.
     indices: the ``indices`` output of :class:`StudentTrunk`.
     teacher: the teacher model (``kajax.teacher_model``); teacher_variables: its variables.
+    dtype: the projections' compute dtype (None: the variables').
 
   Returns:
     ``{task: teacher-domain output}`` for the teacher's tasks.
@@ -226,7 +241,7 @@ def switch_tail(teacher_index: int, k: jax.Array | int, gated, indices, teacher:
                      f"{teacher_index}, got {len(features)}.")
 
   def branch(k):
-    return lambda ops: teacher.project(ops[2], ops[0][k], ops[1], k)
+    return lambda ops: teacher.project(ops[2], ops[0][k], ops[1], k, dtype)
 
   return jax.lax.switch(k, [branch(k) for k in range(NUM_BRANCH_POINTS)],
                         (features, tuple(indices), teacher_variables))

@@ -28,7 +28,10 @@ settings, a dict stored with the teacher):
 * optional ``files(answer, value_range) -> {suffix: uint8/uint16 image}`` for ``predict``;
   ``resize(answer, (H, W)) -> answer`` back to a photo's size (default: nearest neighbour
   for class ids, bilinear otherwise); ``teacher_extra(kind, teacher_config) -> extra`` for
-  readout settings of a loss kind.
+  readout settings of a loss kind; ``projection_weights[kind](teacher_raw, extra, **options)
+  -> (N,H,W)`` for a projection loss that is a *weighted* pixel mean (its weights; kinds not
+  listed weigh every pixel the same), so that the branch search and ``pmap`` can pool it
+  exactly over a split or over devices.
 """
 
 from __future__ import annotations
@@ -86,6 +89,7 @@ class DenseTask:
   files: Callable | None = None
   resize: Callable | None = None
   teacher_extra: Callable | None = None
+  projection_weights: Mapping[str, Callable] | None = None
   num_outputs: int | None = None
   class_logits: bool = False
 
@@ -111,6 +115,11 @@ class DenseTask:
       if not isinstance(table, Mapping) or not table or not all(
           isinstance(k, str) and callable(v) for k, v in table.items()):
         problems.append(f"{part} must be a non-empty {_REQUIRED[part]}")
+    weights = self.projection_weights
+    if weights is not None and not (isinstance(weights, Mapping) and all(
+        k in self.projection_losses and callable(v) for k, v in weights.items())):
+      problems.append("projection_weights must be None or a dict from projection loss kinds "
+                      "to fn(teacher_raw, extra, **options) -> (N,H,W) weights")
     if (not isinstance(self.table_metrics, (tuple, list)) or not self.table_metrics
         or not all(isinstance(m, str) for m in self.table_metrics)):
       problems.append(f"table_metrics must be {_REQUIRED['table_metrics']}")
@@ -193,8 +202,20 @@ def _bind(table: Mapping[str, Callable], what: str, task: str, kind: str,
   return fn
 
 
+@dataclasses.dataclass(frozen=True)
+class ProjectionLoss:
+  """A bound projection loss ℓ_t: ``loss(student_raw, teacher_raw) -> scalar``, a (weighted)
+  mean over the batch's pixels; ``weights(teacher_raw) -> (N,H,W)`` are the mean's pixel
+  weights, or None when every pixel counts the same."""
+  loss: Callable[[jax.Array, jax.Array], jax.Array]
+  weights: Callable[[jax.Array], jax.Array] | None = None
+
+  def __call__(self, student_raw: jax.Array, teacher_raw: jax.Array) -> jax.Array:
+    return self.loss(student_raw, teacher_raw)
+
+
 def projection_fn(task: str, kind: str, extra: Mapping[str, Any] | None = None, *,
-                  config_key: str | None = None, **options) -> Callable:
+                  config_key: str | None = None, **options) -> ProjectionLoss:
   """ℓ_t as ``fn(student_raw, teacher_raw) -> scalar`` (mean over all pixels of the batch).
 
   Args:
@@ -206,7 +227,12 @@ def projection_fn(task: str, kind: str, extra: Mapping[str, Any] | None = None, 
   """
   fn = _bind(get(task).projection_losses, "projection", task, kind, config_key, options)
   extra = dict(extra or {})
-  return lambda student, teacher: fn(student, teacher, extra, **options)
+  weigh = (get(task).projection_weights or {}).get(kind)
+  weights = None
+  if weigh is not None:
+    weights = lambda teacher: weigh(teacher, extra, **options)  # noqa: E731
+  return ProjectionLoss(lambda student, teacher: fn(student, teacher, extra, **options),
+                        weights)
 
 
 def supervised_fn(task: str, kind: str, extra: Mapping[str, Any] | None = None, *,
@@ -273,6 +299,14 @@ def _metric_parts(name: str) -> dict[str, Callable]:
   }
 
 
+def _teacher_class_weight(teacher: jax.Array, extra: Mapping[str, Any], class_weights=None,
+                          **unused) -> jax.Array:
+  del extra, unused
+  if class_weights is None:
+    return jnp.ones(teacher.shape[:3], jnp.float32)
+  return jnp.asarray(class_weights, jnp.float32)[jnp.argmax(teacher, axis=-1)]
+
+
 register(DenseTask(
     name="seg", target="label", class_logits=True,
     readout=lambda raw, extra: raw,
@@ -285,6 +319,8 @@ register(DenseTask(
             losses.kl_projection(s, t, temperature, class_weights),
         "hard_ce": lambda s, t, extra, class_weights=None:
             losses.hard_ce_projection(s, t, class_weights)},
+    # Both losses weigh a pixel by the class weight of the teacher's class (if any).
+    projection_weights=dict.fromkeys(("kl", "hard_ce"), _teacher_class_weight),
     **_metric_parts("seg"), table_metrics=("miou", "pixel_acc", "mean_acc"),
     colorize=lambda ids, value_range=None: visualize.colorize_labels(ids),
     files=_seg_files))

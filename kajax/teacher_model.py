@@ -58,16 +58,20 @@ def _frozen(variables: Any) -> Any:
 class _Projecting:
   """``outputs`` and ``project`` from ``module`` / ``tail`` (shared by both kinds)."""
 
-  def outputs(self, variables: Any, images: jax.Array) -> dict[str, jax.Array]:
-    """Y: the teacher's full outputs, inference mode, no gradient."""
-    out, _ = self.module().apply(_frozen(variables), images, train=False)
+  def outputs(self, variables: Any, images: jax.Array, dtype: Any = None
+              ) -> dict[str, jax.Array]:
+    """Y: the teacher's full outputs, inference mode, no gradient.
+
+    ``dtype`` is the compute dtype (None: the variables'); outputs are returned in it.
+    """
+    out, _ = self.module(dtype).apply(_frozen(variables), images, train=False)
     return dict(self._as_dict(out))
 
-  def project(self, variables: Any, f_k: jax.Array, indices: Sequence[Any], k: int
-              ) -> dict[str, jax.Array]:
+  def project(self, variables: Any, f_k: jax.Array, indices: Sequence[Any], k: int,
+              dtype: Any = None) -> dict[str, jax.Array]:
     """The teacher's computation after static branch point k applied to f_k (frozen)."""
-    out, _ = self.tail(k).apply(_frozen(self.tail_variables(variables, k)), f_k,
-                                tuple(indices), False)
+    out, _ = self.tail(k, dtype=dtype).apply(_frozen(self.tail_variables(variables, k)), f_k,
+                                             tuple(indices), False)
     return out
 
   def trunk_variables(self, variables: Variables) -> dict[str, dict[str, Any]]:
@@ -109,16 +113,18 @@ class SegNetTeacher(_Projecting):
   def num_outputs_by_task(self) -> dict[str, int]:
     return {self.task: self.num_outputs}
 
-  def module(self) -> segnet.SegNet:
-    return segnet.SegNet(self.num_outputs, self.arch, self.width_multiplier, self.head)
+  def module(self, dtype: Any = None) -> segnet.SegNet:
+    return segnet.SegNet(self.num_outputs, self.arch, self.width_multiplier, self.head,
+                         dtype=dtype)
 
   def _as_dict(self, out: jax.Array) -> dict[str, jax.Array]:
     return {self.task: out}
 
   def tail(self, start: int, bn_axis_name: str | None = None,
-           param_dtype: Any = jnp.float32, name: str | None = None) -> nn.Module:
+           param_dtype: Any = jnp.float32, name: str | None = None,
+           dtype: Any = None) -> nn.Module:
     return TaskBranch(self.task, start, self.arch, self.num_outputs, self.width_multiplier,
-                      self.head, bn_axis_name, param_dtype, name=name)
+                      self.head, bn_axis_name, param_dtype, dtype, name=name)
 
   def tail_variables(self, variables: Variables, start: int) -> dict[str, dict[str, Any]]:
     """Variables of ``tail(start)`` from the SegNet's (or from a longer tail's)."""
@@ -166,16 +172,17 @@ class StudentTeacher(_Projecting):
   def num_outputs_by_task(self) -> dict[str, int]:
     return self.student.num_outputs()
 
-  def module(self) -> Student:
-    return Student(self.student, self.branch_points)
+  def module(self, dtype: Any = None) -> Student:
+    return Student(self.student, self.branch_points, dtype=dtype)
 
   def _as_dict(self, out: Mapping[str, jax.Array]) -> Mapping[str, jax.Array]:
     return out
 
   def tail(self, start: int, bn_axis_name: str | None = None,
-           param_dtype: Any = jnp.float32, name: str | None = None) -> nn.Module:
+           param_dtype: Any = jnp.float32, name: str | None = None,
+           dtype: Any = None) -> nn.Module:
     return StudentTail(self.student, self.branch_points, start, bn_axis_name, param_dtype,
-                       name=name)
+                       dtype, name=name)
 
   def tail_variables(self, variables: Variables, start: int) -> dict[str, dict[str, Any]]:
     """Variables of ``tail(start)`` from the student's (or from a longer tail's): trunk

@@ -20,14 +20,18 @@ import numpy as np
 import optax
 
 from kajax import (checkpointing, data_sources, evaluation, input_pipeline, multihost, optim,
-                   parallel, segnet, storage, tasks, teacher_files, training_logs,
-                   training_loop)
+                   parallel, segnet, step_parallelism, storage, tasks, teacher_files,
+                   training_logs, training_loop)
 
 
 def build_model(config: ml_collections.ConfigDict) -> segnet.SegNet:
+  """The teacher network; compute dtype, BatchNorm axis (pmap) and remat from the config."""
   m = config.model
   return segnet.SegNet(num_outputs=m.num_outputs, arch=m.arch,
-                       width_multiplier=m.width_multiplier, head=m.head)
+                       width_multiplier=m.width_multiplier, head=m.head,
+                       bn_axis_name=step_parallelism.bn_axis_name(config),
+                       dtype=step_parallelism.compute_dtype(config),
+                       remat=config.get("remat", False))
 
 
 def teacher_extra(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -51,21 +55,31 @@ def make_loss_fn(config: ml_collections.ConfigDict, class_weights: np.ndarray | 
 
 
 def teacher_train_step(state: optim.TrainState, batch: dict[str, jax.Array], rng: jax.Array,
-                       *, model: segnet.SegNet, loss_fn, tx: optax.GradientTransformation
+                       *, model: segnet.SegNet, loss_fn, tx: optax.GradientTransformation,
+                       grad_accum_steps: int = 1, axis_name: str | None = None
                        ) -> tuple[optim.TrainState, dict[str, jax.Array]]:
-  """One supervised step. Pure; ``model``, ``loss_fn`` and ``tx`` are bound statically."""
+  """One supervised step. Pure; ``model``, ``loss_fn`` and ``tx`` are bound statically.
+
+  The model computes in its own dtype, the loss in float32. ``grad_accum_steps`` and
+  ``axis_name`` (pmap) as in ``kajax.amalgamation_steps``; there the mean over micro-batches
+  or devices weights each part's valid pixels by its own count (the parts' losses are means).
+  """
   del rng  # SegNet has no dropout; kept for the common step signature.
 
-  def loss_of(params):
-    (out, _), mutated = model.apply({"params": params, "batch_stats": state.batch_stats},
-                                    batch["image"], train=True, mutable=["batch_stats"])
-    return loss_fn(out, batch), mutated["batch_stats"]
+  def micro_step(micro):
+    def loss_of(params):
+      (out, _), mutated = model.apply({"params": params, "batch_stats": state.batch_stats},
+                                      micro["image"], train=True, mutable=["batch_stats"])
+      return loss_fn(out.astype(jnp.float32), micro), mutated["batch_stats"]
 
-  (loss, batch_stats), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                            batch_stats=batch_stats, opt_state=opt_state)
-  return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+    (loss, batch_stats), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+    return grads, batch_stats, {"loss": loss}
+
+  grads, batch_stats, metrics = optim.accumulate(micro_step, batch, grad_accum_steps)
+  if axis_name is not None:
+    grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
+  metrics["grad_norm"] = optax.global_norm(grads)
+  return optim.apply_update(state, grads, batch_stats, tx), metrics
 
 
 def median_frequency_weights(source: Any, num_classes: int, power: float,
@@ -139,9 +153,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     multihost.log("Resumed teacher_%s at step %d from %s", config.task, int(state.step),
                   ckpt.directory)
 
-  jitted = jax.jit(functools.partial(teacher_train_step, model=model,
-                                     loss_fn=make_loss_fn(config, class_weights), tx=tx),
-                   donate_argnums=(0,))
+  step_parallelism.check_config(config)
+  jitted = step_parallelism.compile_train_step(
+      functools.partial(teacher_train_step, model=model,
+                        loss_fn=make_loss_fn(config, class_weights), tx=tx,
+                        grad_accum_steps=config.get("grad_accum_steps", 1)),
+      config.get("parallelism", "jit"), batch_argnum=1)
   writer = training_logs.Writer(workdir)
   writer.config(config, (f"teacher_{config.task}/loss",))
   t0 = time.time()
@@ -156,7 +173,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_seconds = time.time() - t0
 
   results = evaluation.evaluate_model(
-      lambda v, x: model.apply(v, x, train=False)[0], state.variables, config.task,
+      lambda v, x: model.apply(v, x, train=False)[0].astype(jnp.float32), state.variables,
+      config.task,
       teacher_extra(config), eval_source, config.input, config.eval_batch_size, mesh,
       num_outputs=config.model.num_outputs)
   results["train_seconds"] = train_seconds

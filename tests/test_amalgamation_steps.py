@@ -6,6 +6,7 @@ Expected values come from composing the teachers and the student directly (``Seg
 """
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -67,13 +68,12 @@ def _tree_equal(a, b):
       lambda x, y: np.array_equal(np.asarray(x), np.asarray(y)), a, b)))
 
 
-def test_block_step_compiles_once_and_leaves_teachers_bit_identical(setup):
+def test_block_step_compiles_once_whatever_the_branch_points(setup):
   s = setup
   tx, jitted = s["tx"], s["block_jit"]
   mesh = parallel.make_mesh()
   cache_before = jitted._cache_size()
   teachers = parallel.replicate(s["teacher_vars"], mesh)
-  before = jax.device_get(teachers)
   state = parallel.replicate(optim.create_train_state(s["trunk_vars"], tx), mesh)
   rng = jax.random.key(1)
   seen_ks = set()
@@ -86,9 +86,32 @@ def test_block_step_compiles_once_and_leaves_teachers_bit_identical(setup):
   assert jitted._cache_size() == cache_before + 1
   assert len(seen_ks) > 1  # the path really changed between steps
   assert int(state.step) == 4
-  # Frozen tails are the teachers' own blocks: bit-identical after training.
-  assert _tree_equal(before, jax.device_get(teachers))
   assert not _tree_equal(s["trunk_vars"]["params"], jax.device_get(state.params))
+
+
+def _kernel_count(params):
+  return sum(1 for x in jax.tree_util.tree_leaves(params) if x.ndim == 4 and x.shape[:2] == (3, 3))
+
+
+def test_teachers_are_not_trained_optimiser_state_and_hlo(setup):
+  """Teachers are neither in the optimiser state nor given weight gradients in the HLO."""
+  s = setup
+  state = optim.create_train_state(s["trunk_vars"], s["tx"])
+  # SGD with momentum keeps one trace per trainable parameter: exactly the trunk's.
+  trace_leaves = jax.tree_util.tree_leaves(state.opt_state)
+  param_leaves = jax.tree_util.tree_leaves(state.params)
+  assert sorted(x.size for x in trace_leaves if x.ndim) == sorted(x.size for x in param_leaves)
+  # Every 3x3 weight gradient is kajax.conv's kh=3 products contracting over the pixels
+  # (dimension 0 of both operands). The compiled step has exactly those of the trainable
+  # encoder + trunk convolutions; none for the frozen teacher tails inside the lax.switch.
+  hlo = jax.jit(s["block_fn"]).lower(state, s["teacher_vars"], {"image": s["images"]},
+                                     jax.random.key(0)).compile().as_text()
+  weight_grads = re.findall(r" dot\([^)]*\).*lhs_contracting_dims=\{0\}, "
+                            r"rhs_contracting_dims=\{0\}", hlo)
+  trainable = _kernel_count(s["trunk_vars"]["params"])
+  assert trainable == 13 + 3 + 3 + 3 + 2  # VGG16 encoder + up5, up4, up3, up2
+  assert _kernel_count(s["teacher_vars"]["seg"]["params"]) == 26  # frozen, inside the switch
+  assert len(weight_grads) == 3 * trainable
 
 
 def test_no_gradient_reaches_teacher_parameters(setup):
@@ -118,6 +141,52 @@ def test_selected_path_equals_direct_forward(setup):
     target = module.apply(s["teacher_vars"][t], s["images"], train=False)[0]
     np.testing.assert_allclose(float(metrics[f"loss_{t}"]), float(s["fns"][t](direct, target)),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_drawn_path_equals_the_full_trunk_and_switch(setup):
+  """Computing only the drawn path gives the loss and gradients of the full formulation
+  (every trunk block and gate, then lax.switch over the tails), and leaves the BatchNorm
+  statistics of trunk blocks the step skipped untouched."""
+  s = setup
+  trunk = student_model.StudentTrunk(s["spec"])
+  models = s["spec"].teachers
+  # Gates away from identity, so that their gradients are not trivially symmetric.
+  variables = jax.tree_util.tree_map_with_path(
+      lambda p, x: x + 0.05 if "gate" in jax.tree_util.keystr(p) else x, s["trunk_vars"])
+  images = s["images"][:4]
+  square = lambda outs: sum(jnp.mean(o ** 2) for o in outs.values())  # noqa: E731
+
+  def full(params, ks_arr):
+    (gated, indices), mutated = trunk.apply({"params": params,
+                                             "batch_stats": variables["batch_stats"]},
+                                            images, train=True, mutable=["batch_stats"])
+    outs = {}
+    for g, m in enumerate(models):
+      outs.update(student_model.switch_tail(g, ks_arr[g], gated, indices, m,
+                                            s["teacher_vars"][m.name]))
+    return square(outs), mutated["batch_stats"]
+
+  def drawn(params, ks_arr):
+    outs, stats = steps.drawn_path_outputs(trunk, params, variables["batch_stats"], images,
+                                           ks_arr, s["teacher_vars"], models)
+    return square(outs), stats
+
+  # Branch points are traced: one compilation of each form serves every draw.
+  full_fn = jax.jit(jax.value_and_grad(full, has_aux=True))
+  drawn_fn = jax.jit(jax.value_and_grad(drawn, has_aux=True))
+  for ks in [(0, 0), (1, 3), (4, 2)]:  # no trunk block, some, all of them
+    ks_arr = jnp.asarray(ks, jnp.int32)
+    (want, want_stats), want_grads = full_fn(variables["params"], ks_arr)
+    (got, got_stats), got_grads = drawn_fn(variables["params"], ks_arr)
+    np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
+    for a, b in zip(jax.tree_util.tree_leaves(got_grads),
+                    jax.tree_util.tree_leaves(want_grads)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
+    for j, block in enumerate(student_model.TRUNK_BLOCKS):
+      expected = want_stats[block] if j < max(ks) else variables["batch_stats"][block]
+      for a, b in zip(jax.tree_util.tree_leaves(got_stats[block]),
+                      jax.tree_util.tree_leaves(expected)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
 def test_sequential_schedule_advances_block_by_block():
@@ -161,32 +230,57 @@ def test_multi_device_and_single_device_steps_agree(setup):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_branch_losses_match_per_image_reference_and_ignore_padding(setup):
+def test_branch_losses_pool_the_class_weighted_training_loss_over_the_split(setup):
+  """The table is sum(w * KL) / sum(w) over every pixel of the split's real images (the
+  training loss of the split as one batch), computed here in NumPy across two batches."""
   s = setup
-  mask = np.array([True] * 6 + [False] * 2)
+  # Heavy weights on classes the random teacher rarely predicts: the images' total weights
+  # then differ a lot, and so do the two ways of pooling over images.
+  class_weights = np.full(13, 0.1, np.float32)
+  class_weights[[1, 12]] = 30.0
+  fns = {"seg": tasks.projection_fn("seg", "kl", class_weights=class_weights),
+         "depth": s["fns"]["depth"]}
+  lambdas = {"seg": 1.0, "depth": 0.5}
+  models = s["spec"].teachers
   fn = jax.jit(functools.partial(steps.branch_losses, trunk=student_model.StudentTrunk(s["spec"]),
-                                 teacher_models=s["spec"].teachers, projection_fns=s["fns"],
-                                 lambdas=LAMBDAS))
-  table, count = fn(s["trunk_vars"], s["teacher_vars"], {"image": s["images"], "mask": mask})
-  assert float(count) == 6
+                                 teacher_models=models, projection_fns=fns))
+  # Perturbed gates so the parsing path is not an exact copy of its teacher.
+  trunk_vars = jax.tree_util.tree_map_with_path(
+      lambda p, x: x + 0.3 if "gate" in jax.tree_util.keystr(p) else x, s["trunk_vars"])
+  offsets = np.linspace(-2, 2, BATCH[0])[:, None, None, None]
+  batches = [s["images"],
+             (3 * np.random.default_rng(5).standard_normal(BATCH) + offsets).astype(np.float32)]
+  masks = [np.ones(8, bool), np.array([True] * 3 + [False] * 5)]
+  parts = [fn(trunk_vars, s["teacher_vars"], {"image": b, "mask": m})
+           for b, m in zip(batches, masks)]
+  totals = jax.tree_util.tree_map(lambda *x: sum(np.asarray(v, np.float64) for v in x), *parts)
+  assert totals["images"] == 11
+  table = steps.branch_table(totals, models, lambdas)
   trunk = student_model.StudentTrunk(s["spec"])
-  expected = np.zeros((2, 5))
-  for n in range(6):  # padding images 6, 7 must not count
-    image = s["images"][n:n + 1]
-    gated, indices = trunk.apply(s["trunk_vars"], image, train=False)
+  num, den = np.zeros((2, 5)), np.zeros(2)
+  image_means = np.zeros((2, 5))  # the wrong pooling: a mean of per-image means
+  for images, mask in zip(batches, masks):
+    real = images[mask]  # padding images must not count
+    gated, indices = trunk.apply(trunk_vars, real, train=False)
     for i, (t, module) in enumerate(zip(TASKS, s["modules"])):
-      target = module.apply(s["teacher_vars"][t], image, train=False)[0]
+      target = np.asarray(module.apply(s["teacher_vars"][t], real, train=False)[0], np.float64)
+      w = class_weights[target.argmax(-1)] if t == "seg" else np.ones(target.shape[:3])
+      den[i] += w.sum()
       for k in range(5):
-        out = _decode(module, s["teacher_vars"][t], gated[i][k], indices, k)
-        if t == "seg":  # KL(teacher || student), mean over pixels, written out in NumPy
-          p = np.asarray(jax.nn.softmax(target, -1))
-          logq = np.asarray(jax.nn.log_softmax(out, -1))
-          expected[i, k] += np.mean(np.sum(p * (np.log(p) - logq), -1))
+        out = np.asarray(_decode(module, s["teacher_vars"][t], gated[i][k], indices, k),
+                         np.float64)
+        if t == "seg":  # KL(teacher || student) per pixel, written out in NumPy
+          logp = target - np.log(np.exp(target).sum(-1, keepdims=True))
+          logq = out - np.log(np.exp(out).sum(-1, keepdims=True))
+          per_pixel = np.sum(np.exp(logp) * (logp - logq), -1)
         else:
-          expected[i, k] += np.mean(np.abs(np.asarray(out) - np.asarray(target)))
-  np.testing.assert_allclose(np.asarray(table), expected, rtol=2e-4, atol=1e-6)
-  # At initialisation the parsing path is a copy of the parsing teacher: zero loss at every k.
-  np.testing.assert_allclose(np.asarray(table)[0], 0.0, atol=1e-5)
+          per_pixel = np.abs(out - target)[..., 0]
+        num[i, k] += np.sum(w * per_pixel)
+        image_means[i, k] += np.sum(np.sum(w * per_pixel, (1, 2)) / np.sum(w, (1, 2)))
+  expected = num / den[:, None] * np.array([[1.0], [0.5]])
+  np.testing.assert_allclose(table, expected, rtol=2e-4, atol=1e-6)
+  # A mean of per-image means differs (the images' total weights differ): the test can tell.
+  assert np.abs(image_means[0] / 11 - table[0]).max() > 1e-2 * np.abs(table[0]).max()
 
 
 def test_finetune_step_compiles_once_and_trains_everything(setup):
