@@ -12,12 +12,34 @@ the examples are resized to. The number to compare with is the training step's c
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
+from absl import flags
 
-from kajax import input_pipeline
+from kajax import cli, input_pipeline
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> dict[str, flags.FlagHolder]:
+  """Defines this benchmark's flags on ``flag_values`` (``kajax.cli`` style)."""
+  fv = {"flag_values": flag_values}
+  return {
+      "resolution": flags.DEFINE_string(
+          "resolution", None, "HxW; random source resolution, or image_size for --dataset "
+          "(default 96x128 for the random source).", **fv),
+      "batch_size": flags.DEFINE_integer("batch_size", 16, "Images per batch.", **fv),
+      "steps": flags.DEFINE_integer("steps", 200, "Timed batches.", **fv),
+      "warmup": flags.DEFINE_integer("warmup", 5, "Untimed batches first (threads, buffers).",
+                                     **fv),
+      "num_threads": flags.DEFINE_integer("num_threads", 2, "Pipeline worker threads.", **fv),
+      "num_examples": flags.DEFINE_integer("num_examples", 64,
+                                           "Size of the random in-memory source.", **fv),
+      "images_only": flags.DEFINE_bool("images_only", False,
+                                       "Drop labels (amalgamation's input).", **fv),
+      "dataset": flags.DEFINE_string("dataset", None,
+                                     "A built dataset, e.g. synthetic_rooms/tiny.", **fv),
+      "data_dir": flags.DEFINE_string("data_dir", None, "TFDS data dir of --dataset.", **fv),
+      "split": flags.DEFINE_string("split", "train", "Split of --dataset.", **fv),
+  }
 
 
 def random_source(num_examples: int, height: int, width: int, seed: int = 0) -> list[dict]:
@@ -35,7 +57,7 @@ def _resolution(text: str) -> tuple[int, int]:
   try:
     h, w = (int(v) for v in text.lower().split("x"))
   except ValueError as e:
-    raise argparse.ArgumentTypeError(f"--resolution={text!r} must look like 96x128.") from e
+    raise ValueError(f"--resolution={text!r} must look like 96x128.") from e
   return h, w
 
 
@@ -56,33 +78,20 @@ def measure(source, *, batch_size: int, steps: int, warmup: int, config: dict,
     it.close()
 
 
-def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--resolution", type=_resolution, default=None,
-                      help="HxW; random source resolution, or image_size for --dataset "
-                           "(default 96x128 for the random source).")
-  parser.add_argument("--batch_size", type=int, default=16)
-  parser.add_argument("--steps", type=int, default=200)
-  parser.add_argument("--warmup", type=int, default=5)
-  parser.add_argument("--num_threads", type=int, default=2)
-  parser.add_argument("--num_examples", type=int, default=64,
-                      help="size of the random in-memory source")
-  parser.add_argument("--images_only", action="store_true")
-  parser.add_argument("--dataset", default=None, help="e.g. synthetic_rooms/tiny (built)")
-  parser.add_argument("--data_dir", default=None)
-  parser.add_argument("--split", default="train")
-  args = parser.parse_args(argv)
-
+def run(args) -> None:
+  """Runs the benchmark with the parsed flags."""
+  resolution = _resolution(args.resolution) if args.resolution else None
   config = dict(num_threads=args.num_threads)
   if args.dataset:
     from kajax import data_sources  # pylint: disable=g-import-not-at-top
-    source = data_sources.open_split(args.dataset, data_sources.resolve_data_dir(args.data_dir),
+    source = data_sources.open_split(args.dataset,
+                                     data_sources.resolve_data_dir(args.data_dir),
                                      args.split)
-    if args.resolution:
-      config["image_size"] = args.resolution
+    if resolution:
+      config["image_size"] = resolution
     what = f"{args.dataset}:{args.split} ({len(source)} examples)"
   else:
-    h, w = args.resolution or (96, 128)
+    h, w = resolution or (96, 128)
     source = random_source(args.num_examples, h, w)
     what = f"random in-memory {h}x{w} ({args.num_examples} examples)"
   rate = measure(source, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
@@ -92,4 +101,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(define_flags, run)

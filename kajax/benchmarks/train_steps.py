@@ -1,112 +1,261 @@
-"""Seconds per step and images/s of kajax's compiled steps on this machine.
+"""kajax's compiled steps side by side with a PyTorch implementation of the same computation.
 
-  python -m kajax.benchmarks.train_steps --resolution=96x128 --width=0.125 --batch_size=16
+  python -m kajax.benchmarks.train_steps                       # NYUv2 size: 8x240x320, (3, 1)
+  python -m kajax.benchmarks.train_steps --quick               # ~1 minute check
+  python -m kajax.benchmarks.train_steps --dtype=bfloat16 --frameworks=kajax
 
-Measures, on random data and random teachers (speed does not depend on the values): a
-teacher training step, the block-wise amalgamation step (two teachers, ``lax.switch`` paths)
-and the fine-tuning step of a two-task student at ``--branch_points``. Compilation is timed
-separately; the step time is the mean over ``--steps`` steps after one warm-up step.
+For each phase (teacher inference, teacher training step, block-wise step, fine-tuning step)
+and framework (kajax; the eager PyTorch reference in ``torch_reference.py``) one child process
+builds the models on random weights, warms up, times ``--steps`` steps one by one, and reports
+the median and spread of the step time, images/s, process CPU seconds per step, compile time
+and peak resident memory. Phases alternate kajax/PyTorch so both see the same machine state
+(``--rounds`` repeats the alternation); the summary is the kajax/PyTorch ratio of images/s.
+
+FLOPs come from the layer shapes (``flop_count.py``) and are cross-checked against XLA's cost
+analysis of the compiled step; the achieved fraction of peak is measured against this
+machine's dense float32 matmul rate, which the benchmark measures itself (the best of JAX's and
+PyTorch's large square matmul). The JSON (``--json``) also holds the numbers that size a
+TPU/GPU run: FLOPs per image and per step, bytes of the parameters and of the gradient
+all-reduce.
 """
 
 from __future__ import annotations
 
-import argparse
-import functools
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import ml_collections
-import numpy as np
+from absl import flags, logging
 
-from kajax import amalgamation_steps as steps
-from kajax import (losses, optim, parallel, segnet, student_init, student_model, student_spec,
-                   tasks, teacher_model, train_teacher)
+from kajax import cli
+from kajax.benchmarks import flop_count, step_runners
 
-_ADAM = ml_collections.ConfigDict({"name": "adam", "learning_rate": 1e-4,
-                                   "weight_decay": 1e-4, "schedule": "cosine"})
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> dict[str, flags.FlagHolder]:
+  """Defines this benchmark's flags on ``flag_values`` (``kajax.cli`` style)."""
+  fv = {"flag_values": flag_values}
+  return {
+      "resolution": flags.DEFINE_string("resolution", "240x320", "Image size HxW.", **fv),
+      "width": flags.DEFINE_float("width", 1.0, "SegNet width multiplier (1 = VGG16-BN).",
+                                  **fv),
+      "batch_size": flags.DEFINE_integer("batch_size", 8, "Images per step.", **fv),
+      "steps": flags.DEFINE_integer("steps", 3, "Timed steps per phase (after warm-up).",
+                                    **fv),
+      "warmup": flags.DEFINE_integer("warmup", 1, "Untimed steps after compilation.", **fv),
+      "branch_points": flags.DEFINE_string("branch_points", "3,1",
+                                           "Fine-tuning branch points (seg,depth).", **fv),
+      "phases": flags.DEFINE_list("phases", list(step_runners.PHASES), "Phases to time.",
+                                  **fv),
+      "frameworks": flags.DEFINE_list(
+          "frameworks", ["kajax", "torch"],
+          "What to time: kajax, torch (the PyTorch reference), kajax_baseline (kajax before "
+          "the speed work: XLA's own convolution weight gradients, default scheduler, all "
+          "trunk blocks in the block-wise step).", **fv),
+      "dtype": flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
+                                 "kajax compute dtype (parameters, optimiser and losses stay "
+                                 "float32). The PyTorch reference always runs float32.", **fv),
+      "rounds": flags.DEFINE_integer("rounds", 1, "Alternations of kajax/PyTorch per phase.",
+                                     **fv),
+      "quick": flags.DEFINE_bool("quick", False, "~1 minute check: 96x128, width 1/4, 2 steps.",
+                                 **fv),
+      "json": flags.DEFINE_string("json", "", "Write the full results here.", **fv),
+      "child": flags.DEFINE_string("child", "", "Internal: run one phase spec (JSON) and exit.",
+                                   **fv),
+  }
 
 
-def _random_variables(module: segnet.SegNet, seed: int) -> dict:
-  shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
-  rng = np.random.default_rng(seed)
-  return jax.tree_util.tree_map(
-      lambda s: (0.05 * rng.standard_normal(s.shape) + (1.0 if s.ndim == 1 else 0.0)
-                 ).astype(s.dtype), shapes)
+_THREADS = os.cpu_count() or 1
 
 
-def _time(fn, state, args, steps_to_time):
-  t0 = time.perf_counter()
-  state, metrics = fn(state, *args)
-  jax.block_until_ready(metrics)
-  compile_s = time.perf_counter() - t0
-  t0 = time.perf_counter()
-  for _ in range(steps_to_time):
-    state, metrics = fn(state, *args)
-  jax.block_until_ready(metrics)
-  return compile_s, (time.perf_counter() - t0) / steps_to_time
+def measure_matmul_peak(size: int = 4096, repeats: int = 4) -> dict[str, float]:
+  """Dense float32 matmul GFLOP/s of this machine: best of JAX (XLA) and PyTorch."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  a = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32)
+  flops = 2.0 * size**3
+  mm = jax.jit(lambda x: x @ x)
+  x = jnp.asarray(a)
+  jax.block_until_ready(mm(x))
+  best = {"jax": 0.0, "torch": 0.0}
+  for _ in range(repeats):
+    t = time.perf_counter()
+    jax.block_until_ready(mm(x))
+    best["jax"] = max(best["jax"], flops / (time.perf_counter() - t) / 1e9)
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+    torch.set_num_threads(_THREADS)
+    xt = torch.from_numpy(a)
+    xt @ xt
+    for _ in range(repeats):
+      t = time.perf_counter()
+      xt @ xt
+      best["torch"] = max(best["torch"], flops / (time.perf_counter() - t) / 1e9)
+  except ImportError:
+    pass
+  best["peak"] = max(best.values())
+  return best
 
 
-def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--resolution", default="96x128")
-  parser.add_argument("--width", type=float, default=0.125)
-  parser.add_argument("--batch_size", type=int, default=16)
-  parser.add_argument("--steps", type=int, default=10)
-  parser.add_argument("--branch_points", default="1,1")
-  args = parser.parse_args(argv)
-  h, w = (int(v) for v in args.resolution.split("x"))
-  points = tuple(int(k) for k in args.branch_points.split(","))
-  mesh = parallel.make_mesh()
-  batch = parallel.global_batch({
-      "image": np.random.default_rng(0).standard_normal((args.batch_size, h, w, 3)).astype(
-          np.float32),
-      "label": np.random.default_rng(1).integers(0, 13, (args.batch_size, h, w))}, mesh)
-  seg = segnet.SegNet(13, width_multiplier=args.width)
-  depth = segnet.SegNet(1, width_multiplier=args.width)
-  teachers = parallel.replicate({"seg": _random_variables(seg, 0),
-                                 "depth": _random_variables(depth, 1)}, mesh)
+def _run_child(spec: step_runners.PhaseSpec) -> dict:
+  """Runs one phase in a fresh process (its own peak RSS, its own thread pools)."""
+  cmd = [sys.executable, "-m", "kajax.benchmarks.train_steps",
+         f"--child={json.dumps(dataclasses.asdict(spec))}"]
+  env = dict(os.environ)
+  proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+  lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+  if proc.returncode or not lines:
+    raise RuntimeError(f"Benchmark child {spec.framework}/{spec.phase} failed "
+                       f"(exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+  return json.loads(lines[-1][len("RESULT "):])
+
+
+def _summarise(runs: list[dict], batch: int) -> dict:
+  steps = [s for r in runs for s in r["step_s"]]
+  cpus = [c for r in runs for c in r["cpu_s"]]
+  med = statistics.median(steps)
+  return {"median_s": med, "min_s": min(steps), "max_s": max(steps),
+          "spread_pct": 100 * (max(steps) - min(steps)) / med, "images_per_s": batch / med,
+          "cpu_s_per_step": statistics.median(cpus),
+          "compile_s": max(r["compile_s"] for r in runs),
+          "peak_rss_gib": max(r["peak_rss_bytes"] for r in runs) / 2**30,
+          "xla_gflops_per_step": (runs[0]["xla_flops"] or 0) / 1e9 or None,
+          "step_s": steps, "branch_points_timed": runs[0]["branch_points_timed"]}
+
+
+def _flops_per_image(phase: str, g: flop_count.Geometry, points, drawn) -> float:
+  outs = step_runners.NUM_OUTPUTS
+  if phase == "teacher_inference":
+    return flop_count.teacher_forward(g, outs[0])
+  if phase == "teacher_train":
+    return flop_count.teacher_train_step(g, outs[0])
+  if phase == "finetune":
+    return flop_count.finetune_step(g, points, outs)
+  # Block-wise: the mean over the branch points drawn in the timed steps.
+  return sum(flop_count.block_step(g, ks, outs) for ks in drawn) / len(drawn)
+
+
+def sizing(g: flop_count.Geometry, points, batch: int) -> dict:
+  """Numbers to size an accelerator run (float32 parameters and gradients)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from kajax import (segnet, student_model, student_spec,  # pylint: disable=g-import-not-at-top
+                     teacher_model)
   spec = student_spec.StudentSpec(teacher_model.segnet_teachers(
-      ("seg", "depth"), (13, 1), width_multiplier=args.width))
-  fns = {"seg": tasks.projection_fn("seg", "kl"), "depth": tasks.projection_fn("depth", "l1")}
-  lambdas = {"seg": 1.0, "depth": 1.0}
-  tx = optim.make_optimizer(_ADAM, 1000)
-  rng = jax.random.key(0)
-  rows = []
+      step_runners.TASKS, step_runners.NUM_OUTPUTS, width_multiplier=g.width_multiplier))
 
-  host_teachers = jax.device_get(teachers)  # Steps donate their state: never the teachers.
-  state = parallel.replicate(optim.create_train_state(host_teachers["seg"], tx), mesh)
-  fn = jax.jit(functools.partial(
-      train_teacher.teacher_train_step, model=seg,
-      loss_fn=lambda out, b: losses.seg_cross_entropy(out, b["label"]), tx=tx),
-      donate_argnums=(0,))
-  rows.append(("teacher step (seg)",) + _time(fn, state, (batch, rng), args.steps))
+  def count(module):
+    shapes = jax.eval_shape(lambda: module.init(jax.random.key(0),
+                                                jax.numpy.zeros((1, 64, 64, 3))))
+    return segnet.count_params(shapes["params"])
+  trunk_params = count(student_model.StudentTrunk(spec))
+  student_params = count(student_model.Student(spec, points))
+  teacher_params = sum(count(segnet.SegNet(c, width_multiplier=g.width_multiplier))
+                       for c in step_runners.NUM_OUTPUTS)
+  outs = step_runners.NUM_OUTPUTS
+  expected_block = sum(flop_count.block_step(g, (a, b), outs)
+                       for a in range(5) for b in range(5)) / 25
+  ft = flop_count.finetune_step(g, points, outs)
+  return {
+      "finetune_gflops_per_image": ft / 1e9, "finetune_gflops_per_step": ft * batch / 1e9,
+      "block_gflops_per_image_expected": expected_block / 1e9,
+      "student_forward_gflops_per_image": flop_count.student_forward(g, points, outs) / 1e9,
+      "teacher_forward_gflops_per_image": [flop_count.teacher_forward(g, c) / 1e9
+                                           for c in outs],
+      "student_params": student_params, "block_trunk_params": trunk_params,
+      "teacher_params": teacher_params,
+      # float32 parameters; data parallelism all-reduces one float32 gradient per parameter.
+      "student_param_bytes": 4 * student_params, "teacher_param_bytes": 4 * teacher_params,
+      "finetune_allreduce_bytes_per_step": 4 * student_params,
+      "block_allreduce_bytes_per_step": 4 * trunk_params,
+  }
 
-  trunk_vars = jax.device_get(student_init.init_trunk_from_teachers(spec, host_teachers, rng))
-  state = parallel.replicate(optim.create_train_state(trunk_vars, tx), mesh)
-  fn = jax.jit(functools.partial(
-      steps.block_train_step, trunk=student_model.StudentTrunk(spec),
-      teacher_models=spec.teachers, projection_fns=fns, lambdas=lambdas, tx=tx,
-      num_steps=1000),
-      donate_argnums=(0,))
-  rows.append(("block-wise step",) + _time(fn, state, (teachers, batch, rng), args.steps))
 
-  variables = student_init.init_student_from_teachers(spec, points, host_teachers,
-                                                 trunk_variables=trunk_vars, rng=rng)
-  state = parallel.replicate(optim.create_train_state(variables, tx), mesh)
-  fn = jax.jit(functools.partial(
-      steps.finetune_train_step, model=student_model.Student(spec, points),
-      teacher_models=spec.teachers, projection_fns=fns, lambdas=lambdas, tx=tx),
-      donate_argnums=(0,))
-  rows.append((f"fine-tuning step k={points}",) + _time(fn, state, (teachers, batch, rng),
-                                                        args.steps))
+def _table(results: dict) -> str:
+  rows = ["| phase | framework | s/step (median, spread) | images/s | CPU s/step | compile s "
+          "| peak RSS GiB | GFLOP/s | % of matmul peak | kajax/PyTorch |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
+  for phase, by_fw in results["phases"].items():
+    for fw in step_runners.FRAMEWORKS:
+      if fw not in by_fw:
+        continue
+      r = by_fw[fw]
+      ratio = f"**{by_fw['ratio']:.2f}x**" if fw == "kajax" and "ratio" in by_fw else ""
+      if fw == "kajax" and "speedup_vs_baseline" in by_fw:
+        ratio += f" ({by_fw['speedup_vs_baseline']:.2f}x baseline)"
+      rows.append(f"| {phase} | {fw} | {r['median_s']:.2f} (±{r['spread_pct'] / 2:.0f}%) | "
+                  f"{r['images_per_s']:.3g} | {r['cpu_s_per_step']:.1f} | "
+                  f"{r['compile_s']:.0f} | {r['peak_rss_gib']:.2f} | {r['gflops_per_s']:.0f} | "
+                  f"{r['peak_fraction'] * 100:.0f}% | {ratio} |")
+  return "\n".join(rows)
 
-  print(f"{jax.device_count()} {jax.devices()[0].platform} device(s), {h}x{w}, width "
-        f"{args.width}, batch {args.batch_size}")
-  print("| step | compile (s) | s/step | images/s |\n|---|---|---|---|")
-  for name, compile_s, step_s in rows:
-    print(f"| {name} | {compile_s:.1f} | {step_s:.3f} | {args.batch_size / step_s:.0f} |")
+
+def run(args):
+  """Runs the benchmark with the parsed flags."""
+  if args.child:
+    spec = step_runners.PhaseSpec(**json.loads(args.child))
+    spec.branch_points = tuple(spec.branch_points)
+    print("RESULT " + json.dumps(step_runners.run(spec)), flush=True)
+    return
+  res, width, batch, steps = args.resolution, args.width, args.batch_size, args.steps
+  if args.quick:
+    res, width, steps = "96x128", 0.25, 2
+  h, w = (int(v) for v in res.lower().split("x"))
+  points = tuple(int(k) for k in args.branch_points.split(","))
+  for flag, values, allowed in (("phases", args.phases, step_runners.PHASES),
+                                ("frameworks", args.frameworks, step_runners.FRAMEWORKS)):
+    for name in values:
+      if name not in allowed:
+        raise ValueError(f"--{flag}: {name!r} is not one of {allowed}.")
+  g = flop_count.Geometry(h, w, width)
+  peak = measure_matmul_peak()
+  logging.info("Dense float32 matmul peak: %.0f GFLOP/s", peak["peak"])
+  results = {"config": {"resolution": [h, w], "width": width, "batch_size": batch,
+                        "steps": steps, "warmup": args.warmup, "branch_points": points,
+                        "dtype": args.dtype, "rounds": args.rounds},
+             "machine": {"cpu_count": _THREADS, "platform": platform.platform(),
+                         "matmul_gflops": peak},
+             "phases": {}}
+  for phase in args.phases:
+    runs = {fw: [] for fw in args.frameworks}
+    for _ in range(args.rounds):
+      for fw in args.frameworks:
+        spec = step_runners.PhaseSpec(fw, phase, h, w, width, batch, points, steps,
+                                      args.warmup, args.dtype, _THREADS)
+        logging.info("Running %s / %s", fw, phase)
+        runs[fw].append(_run_child(spec))
+    by_fw = {fw: _summarise(r, batch) for fw, r in runs.items()}
+    drawn = next(iter(by_fw.values()))["branch_points_timed"]
+    per_image = _flops_per_image(phase, g, points, drawn)
+    for r in by_fw.values():
+      r["gflops_per_image"] = per_image / 1e9
+      r["gflops_per_s"] = per_image * r["images_per_s"] / 1e9
+      r["peak_fraction"] = r["gflops_per_s"] / peak["peak"]
+    if "kajax" in by_fw and "torch" in by_fw:
+      by_fw["ratio"] = by_fw["kajax"]["images_per_s"] / by_fw["torch"]["images_per_s"]
+    if "kajax" in by_fw and "kajax_baseline" in by_fw:
+      by_fw["speedup_vs_baseline"] = (by_fw["kajax"]["images_per_s"]
+                                      / by_fw["kajax_baseline"]["images_per_s"])
+    results["phases"][phase] = by_fw
+  results["peak_after"] = measure_matmul_peak()
+  results["sizing"] = sizing(g, points, batch)
+  print(f"{h}x{w}, width {width}, batch {batch}, branch points {points}, {args.dtype}, "
+        f"{_THREADS} cores, matmul peak {peak['peak']:.0f} GFLOP/s")
+  print(_table(results))
+  summary = ", ".join(f"{p} {r['ratio']:.2f}x" for p, r in results["phases"].items()
+                      if "ratio" in r)
+  if any("speedup_vs_baseline" in r for r in results["phases"].values()):
+    summary += "; kajax/baseline: " + ", ".join(
+        f"{p} {r['speedup_vs_baseline']:.2f}x" for p, r in results["phases"].items()
+        if "speedup_vs_baseline" in r)
+  print(f"SUMMARY kajax/PyTorch images/s: {summary or 'n/a (one framework)'}")
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(results, f, indent=2)
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(define_flags, run)

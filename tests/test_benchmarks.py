@@ -1,0 +1,124 @@
+"""Tests for kajax.benchmarks: the FLOP counts, the PyTorch reference and the CLI.
+
+The FLOP counts are checked against the kernel shapes of the Flax models themselves and
+against XLA's cost analysis; the PyTorch reference against kajax's SegNet with the same
+weights (so the side-by-side benchmark times the same computation).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kajax import flops, segnet, student_model, student_spec, teacher_model
+from kajax.benchmarks import flop_count
+from tests import fakes
+
+
+def _conv_flops_from_kernels(params, sizes):
+  """2 * kh * kw * Cin * Cout * output pixels for every 3x3 kernel, pixels by block name."""
+  total = 0
+  for path, x in jax.tree_util.tree_leaves_with_path(params):
+    keys = [p.key for p in path]
+    if keys[-1] == "kernel" and x.shape[:2] == (3, 3):
+      block = next(k for k in keys if k[:2] in ("do", "up"))
+      total += 2 * int(np.prod(x.shape)) * sizes[block]
+  return total
+
+
+def test_flop_counts_match_the_models_kernel_shapes():
+  g = flop_count.Geometry(64, 96, 1 / 8)
+  pixels = {f"down{i + 1}": np.prod(g.size(i)) for i in range(5)}
+  pixels.update({f"up{i + 1}": np.prod(g.size(i)) for i in range(5)})
+  teacher = segnet.SegNet(13, width_multiplier=1 / 8)
+  shapes = jax.eval_shape(lambda: teacher.init(jax.random.key(0), jnp.zeros((1, 64, 96, 3))))
+  assert flop_count.teacher_forward(g, 13) == _conv_flops_from_kernels(shapes["params"],
+                                                                       pixels)
+  spec = student_spec.StudentSpec(teacher_model.segnet_teachers(("seg", "depth"), (13, 1),
+                                                                width_multiplier=1 / 8))
+  student = student_model.Student(spec, (3, 1))
+  shapes = jax.eval_shape(lambda: student.init(jax.random.key(0), jnp.zeros((1, 64, 96, 3))))
+  gates = sum(2 * x.size for p, x in jax.tree_util.tree_leaves_with_path(shapes["params"])
+              if "gate" in jax.tree_util.keystr(p))
+  assert flop_count.student_forward(g, (3, 1), (13, 1)) == (
+      _conv_flops_from_kernels(shapes["params"], pixels) + gates)
+
+
+def test_flop_counts_agree_with_xla_cost_analysis():
+  """XLA skips taps on the zero padding and adds elementwise work: within a few percent."""
+  g = flop_count.Geometry(128, 160, 1 / 4)
+  teacher = segnet.SegNet(13, width_multiplier=1 / 4)
+  shapes = jax.eval_shape(lambda: teacher.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
+  xla = flops.gflops_per_image(teacher, shapes, (128, 160)) * 1e9
+  assert abs(xla / flop_count.teacher_forward(g, 13) - 1) < 0.05
+
+
+def test_training_flops_follow_forward_plus_two_gradients():
+  g = flop_count.Geometry(240, 320)
+  teachers = flop_count.teacher_forward(g, 13) + flop_count.teacher_forward(g, 1)
+  student = flop_count.student_forward(g, (3, 1), (13, 1))
+  assert flop_count.finetune_step(g, (3, 1), (13, 1)) == (
+      teachers + 3 * student - 2 * 9 * 3 * 64 * 240 * 320)
+  # Block-wise at k = (4, 4): the whole trunk trains, the two heads (up1) are frozen.
+  blocks = flop_count.block_step(g, (4, 4), (13, 1))
+  frozen = flop_count.tail(g, 4, 13) + flop_count.tail(g, 4, 1)
+  trainable = flop_count.trunk(g, 4) + 2 * flop_count.gate(g, 4)
+  assert blocks == teachers + 3 * trainable - 2 * 9 * 3 * 64 * 240 * 320 + 2 * frozen
+
+
+def test_torch_reference_segnet_computes_kajax_segnet():
+  torch = pytest.importorskip("torch")
+  from kajax.benchmarks import torch_reference  # pylint: disable=g-import-not-at-top
+  module, variables, _ = fakes.make_teacher("seg", 13, 0, width=1 / 16)
+  ref = torch_reference.frozen(torch_reference.SegNet(13, 1 / 16))
+  # Copy the weights layer by layer: torch's modules run in the same order as kajax's layers.
+  params, stats = variables["params"], variables["batch_stats"]
+  layers = [(f"down{i + 1}", ref.down[i]) for i in range(5)]
+  layers += [(f"up{i + 1}", ref.up[i]) for i in range(5)]
+  for name, seq in layers:
+    convs = [m for m in seq if isinstance(m, torch.nn.Conv2d)]
+    bns = [m for m in seq if isinstance(m, torch.nn.BatchNorm2d)]
+    for j, c in enumerate(convs):
+      p = params[name][f"layer{j}"]
+      c.weight.data = torch.from_numpy(np.asarray(p["conv"]["kernel"]).transpose(3, 2, 0, 1)
+                                       .copy())
+      c.bias.data = torch.from_numpy(np.asarray(p["conv"]["bias"]).copy())
+      if bns:
+        bns[j].weight.data = torch.from_numpy(np.asarray(p["bn"]["scale"]).copy())
+        bns[j].bias.data = torch.from_numpy(np.asarray(p["bn"]["bias"]).copy())
+        bns[j].running_mean.data = torch.from_numpy(
+            np.asarray(stats[name][f"layer{j}"]["bn"]["mean"]).copy())
+        bns[j].running_var.data = torch.from_numpy(
+            np.asarray(stats[name][f"layer{j}"]["bn"]["var"]).copy())
+  x = np.random.default_rng(0).standard_normal((2, 32, 48, 3)).astype(np.float32)
+  want = np.asarray(module.apply(variables, x, train=False)[0])
+  with torch.no_grad():
+    got = ref(torch.from_numpy(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+  assert sum(p.numel() for p in torch_reference.SegNet(13).parameters()) == 29_450_381
+
+
+def test_benchmark_cli_tiny_run_writes_json(tmp_path):
+  pytest.importorskip("torch")
+  out = tmp_path / "bench.json"
+  cmd = [sys.executable, "-m", "kajax.benchmarks.train_steps", "--resolution=32x64",
+         "--width=0.0625", "--batch_size=2", "--steps=1", "--warmup=0",
+         "--phases=teacher_inference,finetune", f"--json={out}"]
+  env = dict(os.environ, XLA_FLAGS="")  # one CPU device, as a user runs it
+  proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900,
+                        cwd=tmp_path, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "SUMMARY kajax/PyTorch images/s" in proc.stdout
+  result = json.loads(out.read_text())
+  for phase in ("teacher_inference", "finetune"):
+    r = result["phases"][phase]
+    assert r["ratio"] == pytest.approx(r["kajax"]["images_per_s"] / r["torch"]["images_per_s"])
+    assert r["kajax"]["peak_rss_gib"] > 0 and r["kajax"]["xla_gflops_per_step"] > 0
+  sizing = result["sizing"]
+  assert sizing["finetune_allreduce_bytes_per_step"] == 4 * sizing["student_params"]
+  assert result["machine"]["matmul_gflops"]["peak"] > 0
