@@ -79,9 +79,10 @@ def test_summary_mean_and_sample_std_by_hand():
   assert "| step | s/step |" in text
 
 
-def test_a_single_seed_has_zero_std():
+def test_a_single_seed_has_no_std():
   s = seeds.summarize({5: _results(0.4, 0.4, 0.5, 0.5, 0)})
-  assert s["models"]["student"]["depth/rmse"] == {"mean": 0.5, "std": 0.0, "n": 1}
+  assert s["models"]["student"]["depth/rmse"] == {"mean": 0.5, "std": None, "n": 1}
+  assert "| student | 0.4000 (one seed) | 0.5000 (one seed) |" in seeds.format_summary(s)
 
 
 @pytest.mark.slow

@@ -81,11 +81,17 @@ def run_command(config: str, seed: int, workdir: str, overrides: Sequence[str]) 
            f"--workdir={workdir}"] + [f"--config.{o}" for o in overrides])
 
 
-def mean_std(values: Sequence[float]) -> dict[str, float]:
-  """Mean and sample standard deviation (n - 1; 0 for one value) of a list of numbers."""
+def mean_std(values: Sequence[float]) -> dict[str, Any]:
+  """Mean and sample standard deviation (n - 1; None for a single value: no spread is
+  known from one run) of a list of numbers."""
   v = np.asarray(values, np.float64)
-  return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+  return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else None,
           "n": int(len(v))}
+
+
+def _pm(stat: Mapping[str, Any], sign: str = "") -> str:
+  spread = "(one seed)" if stat["std"] is None else f"± {stat['std']:.4f}"
+  return f"{stat['mean']:{sign}.4f} {spread}"
 
 
 def summarize(per_seed: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
@@ -126,7 +132,7 @@ def _cell(stat: Mapping[str, float], metric: str) -> str:
     return f"{stat['mean']:,.0f}"
   if metric == "gflops":
     return f"{stat['mean']:.3f}"
-  return f"{stat['mean']:.4f} ± {stat['std']:.4f}"
+  return _pm(stat)
 
 
 def _table_columns(summary: Mapping[str, Any]) -> list[str]:
@@ -156,7 +162,7 @@ def format_summary(summary: Mapping[str, Any], times: Mapping[str, float] | None
     lines += ["", "Student − its teacher, paired per seed (negative is better for "
               + ", ".join(m for m in summary["student_minus_teacher"]
                           if m.rsplit("/", 1)[-1] in LOWER_IS_BETTER) + "):", ""]
-    lines += [f"- {m}: {s['mean']:+.4f} ± {s['std']:.4f}"
+    lines += [f"- {m}: {_pm(s, '+')}"
               for m, s in summary["student_minus_teacher"].items()]
   lines += ["", "Branch points per seed: " + "; ".join(
       f"seed {s}: " + ", ".join(f"{t} k={k}" for t, k in points.items())
