@@ -9,22 +9,18 @@ Budget on 2 CPU cores (``python -m kajax.benchmarks.train_steps``): data ~0.5 mi
 500 steps of batch 16 (~2.3 min each), student 300 block-wise + 1,000 fine-tuning steps of
 batch 8 (~5.5 min; a step's time is proportional to its batch on a CPU, so smaller batches buy
 more updates for the same images).
+
+The ``test`` split is read only by the final evaluation (the teachers trained here report on
+``validation``; ``kajax.config_blocks.rooms_student``). Over several seeds:
+``python -m kajax.benchmarks.seeds --config=configs/demo.py --seeds=3 --workdir=DIR``.
 """
 
 from kajax import config_blocks
 
+TASKS = ("seg", "depth")
+
 
 def get_config(arg=None):
   args = config_blocks.parse_arg(arg, ("tiny", "seed"))
-  tasks = ("seg", "depth")
-  c = config_blocks.amalgamation_config(
-      tasks, "synthetic_rooms/small", unlabeled_split="unlabeled",
-      branch_split="validation", test_split="test", block_steps=300, finetune_steps=1000,
-      batch_size=8, learning_rate=5e-4,
-      input_cfg=config_blocks.input_config(scale_range=(1.0, 1.25)))
-  for t in tasks:
-    c.teachers[t].train_config = config_blocks.rooms_teacher(t, args)
-  if args.tiny:
-    c.dataset = "synthetic_rooms/tiny"
-    config_blocks.shrink_amalgamation(c)
-  return config_blocks.apply_common_args(c, args)
+  teachers = {t: config_blocks.rooms_teacher(t, args) for t in TASKS}
+  return config_blocks.rooms_student(TASKS, teachers, args)

@@ -275,6 +275,9 @@ def rooms_student(tasks, teachers, args=ConfigArgs()):
   for t in tasks:
     if t in teachers:
       c.teachers[t].train_config = teachers[t]
+      # A teacher trained inside the run reports on the held-out validation split: the test
+      # split is read only by the run's final evaluation (teachers and student together).
+      c.teachers[t].train_config.eval_split = c.branch_split
   if args.tiny:
     c.dataset = "synthetic_rooms/tiny"
     shrink_amalgamation(c)

@@ -78,3 +78,32 @@ def test_seed_and_resolution_arguments():
     configs["demo.py"].get_config("res=120x160")  # the demo's data has one resolution
   with pytest.raises(ValueError, match="at least 32"):
     configs["nyu.py"].get_config("res=16x160")
+
+
+def _split_parts(split):
+  """'unlabeled+teacher_seg[:50%]' -> {'unlabeled', 'teacher_seg'}."""
+  return {part.split("[")[0] for part in split.split("+")}
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=os.path.basename)
+@pytest.mark.parametrize("arg", [None, "tiny"])
+def test_no_config_trains_searches_or_selects_on_its_test_split(path, arg):
+  """Defaults are chosen on validation, never on test: a run must not read its test split
+  before the final evaluation (tests/test_amalgamate.py checks a real run; this checks
+  every config's split names, including every run of a comparison)."""
+  c = _load(path).get_config(arg)
+  runs = [c.runs[name] for name in c.run_order] if c.mode == "compare" else [c]
+  for run in runs:
+    if run.mode != "amalgamate":  # a teacher config: its final evaluation is its eval_split
+      assert not _split_parts(run.train_split) & _split_parts(run.eval_split)
+      continue
+    test = _split_parts(run.test_split)
+    assert not test & _split_parts(run.unlabeled_split)
+    assert not test & _split_parts(run.branch_split)
+    for name in run.teachers:
+      teacher = run.teachers[name].get("train_config")
+      if teacher is not None:
+        # Teachers trained inside the run neither train nor report on the test split (the
+        # run's final evaluation measures them there, beside the student).
+        assert not test & _split_parts(teacher.train_split), name
+        assert not test & _split_parts(teacher.eval_split), name
