@@ -113,7 +113,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Trains the teacher described by ``config``, evaluates it and exports it.
 
   Returns:
-    The final test metrics.
+    The final metrics on ``config.eval_split``.
   """
   tasks.check_task(config.task, "--config.task")
   workdir = storage.resolve(workdir)
@@ -178,12 +178,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       teacher_extra(config), eval_source, config.input, config.eval_batch_size, mesh,
       num_outputs=config.model.num_outputs)
   results["train_seconds"] = train_seconds
-  writer.scalars(config.num_steps, results, "test/")
+  writer.scalars(config.num_steps, results, f"{config.eval_split}/")
   writer.close()
   export_teacher(config, state, workdir)
   if multihost.is_main_process():
     storage.write_json(workdir / "results.json", {"task": config.task, "metrics": results})
-  multihost.log("teacher/%s test metrics: %s", config.task,
+  multihost.log("teacher/%s metrics on %s: %s", config.task, config.eval_split,
                 ", ".join(f"{k}={v:.4g}" for k, v in results.items()))
   return results
 
