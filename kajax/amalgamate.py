@@ -277,7 +277,8 @@ def block_phase(run: Run) -> Any:
       projection_fns=run.projection_fns, lambdas=run.lambdas,
       tx=tx, num_steps=c.block.num_steps, schedule=c.block.schedule,
       block_path=c.block.get("path", "drawn_path"),
-      grad_accum_steps=c.get("grad_accum_steps", 1)), c)
+      grad_accum_steps=c.get("grad_accum_steps", 1),
+      teacher_flip=c.loss.get("teacher_flip_average", False)), c)
   rng = jax.random.key(c.seed + 1)
   state = training_loop.run("block", lambda s, b: jitted(s, run.teacher_vars, b, rng), state,
                    train_iter, run.mesh,
@@ -295,7 +296,8 @@ def branch_phase(run: Run, trunk_variables: Any) -> tuple[tuple[int, ...], np.nd
   fn = jax.jit(functools.partial(
       steps.branch_losses, trunk=student_model.StudentTrunk(
           run.spec, dtype=step_parallelism.compute_dtype(c)),
-      teacher_models=run.teacher_models, projection_fns=run.projection_fns))
+      teacher_models=run.teacher_models, projection_fns=run.projection_fns,
+      teacher_flip=c.loss.get("teacher_flip_average", False)))
   totals = None
   source = run.source(c.branch_split)
   for local in input_pipeline.make_eval_iterator(source, c.input,
@@ -343,7 +345,8 @@ def finetune_phase(run: Run, branch_points: tuple[int, ...], trunk_variables: An
   jitted = _compile(functools.partial(
       steps.finetune_train_step, model=model, teacher_models=run.teacher_models,
       projection_fns=run.projection_fns, lambdas=run.lambdas, tx=tx,
-      grad_accum_steps=c.get("grad_accum_steps", 1)), c)
+      grad_accum_steps=c.get("grad_accum_steps", 1),
+      teacher_flip=c.loss.get("teacher_flip_average", False)), c)
   rng = jax.random.key(c.seed + 3)
   state = training_loop.run("finetune", lambda s, b: jitted(s, run.teacher_vars, b, rng), state,
                    train_iter, run.mesh,

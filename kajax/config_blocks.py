@@ -157,7 +157,11 @@ def teacher_config(task, dataset, train_split, eval_split, *, width_multiplier, 
                          width_multiplier=width_multiplier)
   c.loss = _default_kind(task, SUPERVISED_LOSS, "supervised_losses")
   # seg: ce | depth: l1, silog, bins | normals: cosine | a plug-in task: its own kinds
-  c.class_weighting = "median_freq_sqrt" if task == "seg" else "none"
+  # Class-score tasks: median_freq | none; weights (median freq / freq) ** class_weight_power.
+  c.class_weighting = "median_freq" if tasks_lib.get(task).class_logits else "none"
+  # 0.5 chosen on synthetic rooms' validation split (parsing teacher, lr 1e-2, 500 steps:
+  # 0.34 mIoU with 0.5, 0.30 with 1.0).
+  c.class_weight_power = 0.5
   c.depth_bins = ml_collections.ConfigDict({"min_depth": 0.25, "max_depth": 10.0})
   c.optimizer = optimizer_config(learning_rate=learning_rate, warmup_steps=50)
   c.num_steps = num_steps
@@ -175,10 +179,18 @@ def teacher_config(task, dataset, train_split, eval_split, *, width_multiplier, 
 
 
 def rooms_teacher(task, args=ConfigArgs()):
-  """Teacher on synthetic rooms (96x128, width 1/8: ~2.3 min on 2 CPU cores)."""
+  """Teacher on synthetic rooms (96x128, width 1/8: ~2.3 min on 2 CPU cores).
+
+  Its own final evaluation is on ``test``; inside an amalgamation run (``rooms_student``) it
+  reports on ``validation`` instead. Learning rates chosen on the validation split (500 steps,
+  batch 16, Adam, cosine): parsing 1e-2 (0.34 mIoU; 5e-3: 0.33, 2e-3: 0.26; batch 8 for 1,000
+  steps at 1e-2: 0.26), depth 2e-3 (0.63 m RMSE; 1e-2 with the head's bias at the mean depth:
+  0.79 m).
+  """
   split = {"seg": "teacher_seg", "depth": "teacher_depth", "normals": "teacher_depth"}[task]
   c = teacher_config(task, "synthetic_rooms/small", split, "test", width_multiplier=1 / 8,
-                     num_steps=500, batch_size=16, learning_rate=2e-3,
+                     num_steps=500, batch_size=16,
+                     learning_rate=1e-2 if task == "seg" else 2e-3,
                      input_cfg=input_config(scale_range=(1.0, 1.25)))
   if args.tiny:
     shrink_teacher(c)
@@ -240,6 +252,10 @@ def amalgamation_config(tasks, dataset, *, unlabeled_split, branch_split, test_s
   # Where each default comes from ("paper": Ye et al. 2019 / its port, not tuned here):
   c.loss.lambdas = {t: 1.0 for t in tasks}  # paper (lambda_t = 1)
   c.loss.temperature = 1.0  # KL on softened logits, times T^2; paper (T = 1)
+  # Targets = teacher outputs averaged over the image and its mirror image (label-free
+  # test-time augmentation of the teacher; one more teacher forward per step). Off here
+  # (the paper's targets); rooms_student turns it on (chosen on validation).
+  c.loss.teacher_flip_average = False
   # none | teacher_median_freq_sqrt: weight parsing pixels by the teacher's predicted class.
   # The balancing the teachers are trained with, carried to the student. An older
   # student-level comparison of this option was made on the test split; it is not a valid
@@ -281,6 +297,9 @@ def rooms_student(tasks, teachers, args=ConfigArgs()):
       tasks, "synthetic_rooms/small", unlabeled_split="unlabeled",
       branch_split="validation", test_split="test", block_steps=300, finetune_steps=1000,
       batch_size=8, learning_rate=5e-4, input_cfg=input_config(scale_range=(1.0, 1.25)))
+  # Chosen on validation: flip-averaged predictions of the 500-step teachers score +1.3 mIoU
+  # points and -2.8% depth RMSE over their plain predictions.
+  c.loss.teacher_flip_average = True
   for t in tasks:
     if t in teachers:
       c.teachers[t].train_config = teachers[t]

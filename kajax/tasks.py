@@ -31,7 +31,9 @@ settings, a dict stored with the teacher):
   readout settings of a loss kind; ``projection_weights[kind](teacher_raw, extra, **options)
   -> (N,H,W)`` for a projection loss that is a *weighted* pixel mean (its weights; kinds not
   listed weigh every pixel the same), so that the branch search and ``pmap`` can pool it
-  exactly over a split or over devices.
+  exactly over a split or over devices; ``mirror(raw) -> raw``: a raw output (N, H, W, C) of
+  left-right mirrored images turned into one of the images themselves (default: flip the
+  width axis; normals also negate x), used to average teachers over a mirrored view.
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ class DenseTask:
   files: Callable | None = None
   resize: Callable | None = None
   teacher_extra: Callable | None = None
+  mirror: Callable | None = None
   projection_weights: Mapping[str, Callable] | None = None
   num_outputs: int | None = None
   class_logits: bool = False
@@ -107,7 +110,7 @@ class DenseTask:
     for part in ("readout", "init_sums", "update_sums", "finalize", "colorize", "answer"):
       if not callable(getattr(self, part)):
         problems.append(f"{part} must be callable ({_REQUIRED.get(part, 'fn')})")
-    for part in ("files", "resize", "teacher_extra"):
+    for part in ("files", "resize", "teacher_extra", "mirror"):
       if getattr(self, part) is not None and not callable(getattr(self, part)):
         problems.append(f"{part} must be callable or None")
     for part in ("supervised_losses", "projection_losses"):
@@ -126,6 +129,12 @@ class DenseTask:
     if problems:
       raise ValueError(f"DenseTask {self.name!r}: " + "; ".join(problems) + ".")
     object.__setattr__(self, "table_metrics", tuple(self.table_metrics))
+
+  def mirror_raw(self, raw: jax.Array) -> jax.Array:
+    """A raw output (N, H, W, C) of mirrored images, mirrored back (see ``mirror``)."""
+    if self.mirror is not None:
+      return self.mirror(raw)
+    return raw[:, :, ::-1]
 
   def resize_answer(self, answer: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     """A per-pixel answer resized to (H, W) (``predict`` restores photo sizes)."""
@@ -351,6 +360,8 @@ def _resize_normals(normals: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 register(DenseTask(
     name="normals", target="normals", num_outputs=3, readout=_normals_readout,
     resize=_resize_normals,
+    # Mirroring the image mirrors the camera's x axis: the normal's x component changes sign.
+    mirror=lambda raw: raw[:, :, ::-1] * jnp.asarray([-1.0, 1.0, 1.0], raw.dtype),
     supervised_losses={"cosine": lambda raw, target, extra: losses.normals_cosine(raw, target)},
     projection_losses={"cosine": lambda s, t, extra: losses.cosine_projection(s, t)},
     **_metric_parts("normals"),

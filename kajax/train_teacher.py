@@ -86,8 +86,7 @@ def median_frequency_weights(source: Any, num_classes: int, power: float,
                              max_examples: int = 200, task: str = "seg") -> np.ndarray:
   """Class weights (median frequency / frequency) ** power from the training labels.
 
-  Eigen & Fergus (2015) median-frequency balancing; power 0.5 softens it (docs/method.md §4
-  measured +0.08 mIoU on synthetic rooms).
+  Eigen & Fergus (2015) median-frequency balancing (power 1); a smaller power softens it.
   """
   counts = np.zeros(num_classes, np.int64)
   for i in range(min(len(source), max_examples)):
@@ -136,8 +135,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if config.get("init_from"):
     variables = load_imagenet_encoder(variables, config.init_from)
   class_weights = None
-  if tasks.get(config.task).class_logits and config.class_weighting == "median_freq_sqrt":
-    class_weights = median_frequency_weights(train_source, config.model.num_outputs, 0.5,
+  if tasks.get(config.task).class_logits and config.class_weighting != "none":
+    if config.class_weighting != "median_freq":
+      raise ValueError(f"--config.class_weighting={config.class_weighting!r}: choose "
+                       "'median_freq' (with --config.class_weight_power) or 'none'.")
+    class_weights = median_frequency_weights(train_source, config.model.num_outputs,
+                                             float(config.class_weight_power),
                                              task=config.task)
   tx = optim.make_optimizer(config.optimizer, config.num_steps)
   state = parallel.replicate(optim.create_train_state(variables, tx), mesh)

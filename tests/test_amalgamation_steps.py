@@ -50,11 +50,13 @@ def setup():
   return s
 
 
-def _block_step(s, num_steps=10, schedule="random"):
+def _block_step(s, num_steps=10, schedule="random", teacher_flip=True):
+  """The shared block step trains on flip-averaged teacher targets (the demo's setting)."""
   tx = optim.make_optimizer(_Cfg(OPT), num_steps)
   fn = functools.partial(steps.block_train_step, trunk=student_model.StudentTrunk(s["spec"]),
                          teacher_models=s["spec"].teachers, projection_fns=s["fns"],
-                         lambdas=LAMBDAS, tx=tx, num_steps=num_steps, schedule=schedule)
+                         lambdas=LAMBDAS, tx=tx, num_steps=num_steps, schedule=schedule,
+                         teacher_flip=teacher_flip)
   return fn, tx
 
 
@@ -127,6 +129,8 @@ def test_no_gradient_reaches_teacher_parameters(setup):
 
 
 def test_selected_path_equals_direct_forward(setup):
+  """The step's per-task loss is the projection of the drawn path against the teacher's
+  flip-averaged output (teacher_flip=True), not against its plain output."""
   s = setup
   state = optim.create_train_state(s["trunk_vars"], s["tx"])
   rng = jax.random.key(7)
@@ -138,9 +142,11 @@ def test_selected_path_equals_direct_forward(setup):
   for i, (t, module) in enumerate(zip(TASKS, s["modules"])):
     k = int(metrics[f"k_{t}"])
     direct = _decode(module, s["teacher_vars"][t], gated[i][k], indices, k)
-    target = module.apply(s["teacher_vars"][t], s["images"], train=False)[0]
-    np.testing.assert_allclose(float(metrics[f"loss_{t}"]), float(s["fns"][t](direct, target)),
-                               rtol=1e-5, atol=1e-6)
+    plain = np.asarray(module.apply(s["teacher_vars"][t], s["images"], train=False)[0])
+    back = _mirror(module.apply(s["teacher_vars"][t], _mirror(s["images"]), train=False)[0])
+    expected = float(s["fns"][t](direct, (plain + back) / 2))
+    np.testing.assert_allclose(float(metrics[f"loss_{t}"]), expected, rtol=1e-5, atol=1e-6)
+    assert abs(float(s["fns"][t](direct, plain)) - expected) > 1e-4 * abs(expected)
 
 
 def test_drawn_path_equals_the_full_trunk_and_switch(setup):
@@ -357,3 +363,28 @@ def test_three_teachers_block_step_compiles_once_and_every_task_learns(setup):
     assert size(grads[f"gate_{name}_1"]) > 0, name
     others = [n for n in spec.teacher_names if n != name]
     assert all(size(grads[f"gate_{o}_1"]) == 0 for o in others), name
+
+
+def _mirror(a):
+  return np.asarray(a)[:, :, ::-1]  # NHWC: axis 2 is the width
+
+
+def test_flip_averaged_teacher_targets(setup):
+  """Y_t with flip_average = (teacher(x) + mirror(teacher(mirror(x)))) / 2, each view run on
+  its own here; a normals teacher's mirrored x component changes sign."""
+  normals = fakes.make_teacher("normals", 3, 2)
+  models = setup["spec"].teachers + (teacher_model.from_teacher_info("normals", normals[2]),)
+  modules = setup["modules"] + (normals[0],)
+  variables = dict(setup["teacher_vars"], normals=normals[1])
+  x = setup["images"]
+  got = steps.teacher_outputs(variables, x, models, flip_average=True)
+  for t, m in zip(("seg", "depth", "normals"), modules):
+    plain = np.asarray(m.apply(variables[t], x, train=False)[0])
+    back = _mirror(m.apply(variables[t], _mirror(x), train=False)[0])
+    if t == "normals":
+      back = back * np.array([-1.0, 1.0, 1.0])
+    np.testing.assert_allclose(np.asarray(got[t]), (plain + back) / 2, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(plain, back, atol=1e-3)  # the two views do differ
+  single = steps.teacher_outputs(variables, x, models)
+  np.testing.assert_allclose(np.asarray(single["depth"]),
+                             np.asarray(modules[1].apply(variables["depth"], x)[0]), rtol=1e-5)
