@@ -15,8 +15,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from kajax import (amalgamation_steps as steps, losses, optim, parallel, step_parallelism,
-                   student_init, student_model, student_spec, tasks, teacher_model)
+from kajax import (amalgamation_steps as steps, losses, optim, parallel, segnet,
+                   step_parallelism, student_init, student_model, student_spec, tasks,
+                   teacher_model)
 from tests import fakes
 
 TASKS = ("seg", "depth")
@@ -43,15 +44,17 @@ def setup():
   # Host copies: the steps donate their state, the fixture must survive every test.
   student_vars = jax.device_get(student_vars)
   return dict(models=models, teacher_vars=teacher_vars, spec=spec, student_vars=student_vars,
-              fns=fns, images=images, class_weights=class_weights, steps={})
+              trunk_vars=jax.device_get(trunk_vars), fns=fns, images=images,
+              class_weights=class_weights, steps={})
 
 
-def _finetune(s, parallelism="jit", dtype=None, accum=1):
+def _finetune(s, parallelism="jit", dtype=None, accum=1, remat=False):
   """The compiled fine-tuning step (one per option set, shared by the tests)."""
-  key = (parallelism, dtype, accum)
+  key = ("finetune", parallelism, dtype, accum, remat)
   if key not in s["steps"]:
     axis = step_parallelism.AXIS if parallelism == "pmap" else None
-    model = student_model.Student(s["spec"], POINTS, bn_axis_name=axis, dtype=dtype)
+    model = student_model.Student(s["spec"], POINTS, bn_axis_name=axis, dtype=dtype,
+                                  remat=remat)
     fn = functools.partial(steps.finetune_train_step, model=model,
                            teacher_models=s["models"], projection_fns=s["fns"],
                            lambdas=LAMBDAS, tx=optim.make_optimizer(OPT, 10),
@@ -60,14 +63,29 @@ def _finetune(s, parallelism="jit", dtype=None, accum=1):
   return s["steps"][key], optim.make_optimizer(OPT, 10)
 
 
-def _run(step, tx, variables, s, num_steps, mesh, images=None):
+def _block(s, parallelism="jit"):
+  """The compiled block-wise step (drawn path, random k per task and step)."""
+  key = ("block", parallelism)
+  if key not in s["steps"]:
+    axis = step_parallelism.AXIS if parallelism == "pmap" else None
+    fn = functools.partial(steps.block_train_step,
+                           trunk=student_model.StudentTrunk(s["spec"], bn_axis_name=axis),
+                           teacher_models=s["models"], projection_fns=s["fns"],
+                           lambdas=LAMBDAS, tx=optim.make_optimizer(OPT, 10), num_steps=10)
+    s["steps"][key] = step_parallelism.compile_train_step(fn, parallelism, batch_argnum=2)
+  return s["steps"][key], optim.make_optimizer(OPT, 10)
+
+
+def _run(step, tx, variables, s, num_steps, mesh, images=None, keep_metrics=False):
   state = parallel.replicate(optim.create_train_state(variables, tx), mesh)
   teachers = parallel.replicate(s["teacher_vars"], mesh)
   images = s["images"] if images is None else images
+  history = []
   for i in range(num_steps):
     batch = parallel.global_batch({"image": np.roll(images, 2 * i, axis=0)}, mesh)
     state, metrics = step(state, teachers, batch, jax.random.key(4))
-  return jax.device_get(state), jax.device_get(metrics)
+    history.append(jax.device_get(metrics))
+  return jax.device_get(state), (history if keep_metrics else history[-1])
 
 
 def _one_device():
@@ -101,6 +119,52 @@ def test_pmap_reaches_the_parameters_of_jit(setup):
   _assert_same_training(pmap_state.params, jit_state.params, s["student_vars"]["params"], 0.05)
   _assert_same_training(pmap_state.batch_stats, jit_state.batch_stats,
                         s["student_vars"]["batch_stats"], 0.05)
+
+
+def test_pmap_block_step_reaches_the_parameters_of_jit(setup):
+  """Three block-wise steps (drawn path, a new k per task each step) on 8 devices: pmap and
+  jit draw the same branch points and reach the same trunk, gates and BN statistics."""
+  s = setup
+  mesh = parallel.make_mesh()
+  results = {mode: _run(*_block(s, mode), s["trunk_vars"], s, 3, mesh, keep_metrics=True)
+             for mode in step_parallelism.PARALLELISMS}
+  (jit_state, jit_h), (pmap_state, pmap_h) = results["jit"], results["pmap"]
+  for name in ("k_seg", "k_depth"):
+    assert [int(m[name]) for m in pmap_h] == [int(m[name]) for m in jit_h]
+  drawn = {(int(m["k_seg"]), int(m["k_depth"])) for m in jit_h}
+  assert len(drawn) > 1, drawn  # the steps really took different paths
+  np.testing.assert_allclose([m["loss"] for m in pmap_h], [m["loss"] for m in jit_h],
+                             rtol=1e-4)
+  _assert_same_training(pmap_state.params, jit_state.params, s["trunk_vars"]["params"], 0.05)
+  _assert_same_training(pmap_state.batch_stats, jit_state.batch_stats,
+                        s["trunk_vars"]["batch_stats"], 0.05)
+
+
+def test_remat_recomputes_each_encoder_block_and_gives_the_same_step(setup):
+  """``remat=True``: each of the five encoder blocks is one rematerialised call in the step's
+  program (so its activations are recomputed in the backward pass, not stored), and two
+  updates equal the plain step's up to round-off."""
+  s = setup
+  plain = _run(*_finetune(s), s["student_vars"], s, 2, _one_device())
+  remat = _run(*_finetune(s, remat=True), s["student_vars"], s, 2, _one_device())
+  np.testing.assert_allclose(remat[1]["loss"], plain[1]["loss"], rtol=1e-5)
+  _assert_same_training(remat[0].params, plain[0].params, s["student_vars"]["params"], 0.01)
+  _assert_trees_close(remat[0].batch_stats, plain[0].batch_stats, 1e-4, 1e-5)
+
+  def rematerialised_calls(use_remat):
+    model = student_model.Student(s["spec"], POINTS, remat=use_remat)
+    v = s["student_vars"]
+
+    def loss(params):
+      (out, _), _ = model.apply({"params": params, "batch_stats": v["batch_stats"]},
+                                s["images"], train=True, mutable=["batch_stats"])
+      return sum(jnp.sum(o ** 2) for o in out.values())
+    jaxpr = jax.make_jaxpr(jax.grad(loss))(v["params"])
+    # (JAX names the primitive remat2 or checkpoint, depending on the version.)
+    return sum(e.primitive.name.startswith(("remat", "checkpoint")) for e in jaxpr.jaxpr.eqns)
+
+  assert rematerialised_calls(False) == 0
+  assert rematerialised_calls(True) == len(segnet.ENCODER_BLOCKS)
 
 
 def test_two_micro_batches_of_8_equal_one_batch_of_16(setup):
