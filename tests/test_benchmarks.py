@@ -122,3 +122,27 @@ def test_benchmark_cli_tiny_run_writes_json(tmp_path):
   sizing = result["sizing"]
   assert sizing["finetune_allreduce_bytes_per_step"] == 4 * sizing["student_params"]
   assert result["machine"]["matmul_gflops"]["peak"] > 0
+
+
+def test_conv_gradients_benchmark_times_the_same_computations_in_both_frameworks():
+  """Each JAX computation of ``conv_gradients`` equals its PyTorch counterpart (forward,
+  input gradient, both weight gradients), so the table compares like with like; and the
+  weight gradient equals an independent NumPy sum over pixels."""
+  torch = pytest.importorskip("torch")
+  from kajax.benchmarks import conv_gradients  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((2, 6, 5, 3), np.float32)
+  kernel = rng.standard_normal((3, 3, 3, 4), np.float32)
+  dy = rng.standard_normal((2, 6, 5, 4), np.float32)
+  torch_fns = conv_gradients.torch_layer_functions(torch, x, kernel, dy)
+  to_nhwc = {"forward": (0, 2, 3, 1), "input gradient": (0, 2, 3, 1),
+             "weight gradient": (2, 3, 1, 0)}
+  for name, fn in conv_gradients.jax_layer_functions().items():
+    torch_name = "weight gradient" if name.startswith("weight") else name
+    want = torch_fns[torch_name]().detach().numpy().transpose(to_nhwc[torch_name])
+    np.testing.assert_allclose(np.asarray(fn(x, kernel, dy)), want, rtol=1e-4, atol=1e-4,
+                               err_msg=name)
+  xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  by_hand = np.einsum("nhwc,nhwo->co", xp[:, 2:8, 0:5], dy)  # tap (i, j) = (2, 0)
+  got = conv_gradients.jax_layer_functions()["weight gradient (kajax.conv)"](x, kernel, dy)
+  np.testing.assert_allclose(np.asarray(got)[2, 0], by_hand, rtol=1e-4, atol=1e-4)
