@@ -17,15 +17,4 @@ from kajax import config_blocks
 
 def get_config(arg=None):
   args = config_blocks.parse_arg(arg, ("tiny", "seed", "res"))
-  c = config_blocks.amalgamation_config(
-      ("seg", "depth"), "nyuv2/labeled_mat", unlabeled_split="train[:90%]",
-      branch_split="train[90%:]", test_split="test", block_steps=5000, finetune_steps=5000,
-      batch_size=16, learning_rate=1e-4,
-      input_cfg=config_blocks.input_config(image_size=(240, 320), crop_size=(240, 240),
-                                    color_jitter=(0.0, 0.0, 0.0)))
-  c.checkpoint_every = 500
-  c.log_every = 50
-  if args.tiny:  # The README's walkthrough in seconds (tests, on fake NYUv2 files).
-    config_blocks.shrink_amalgamation(c)
-    c.input.image_size, c.input.crop_size = (64, 96), (64, 64)
-  return config_blocks.apply_common_args(c, args)
+  return config_blocks.nyu_student(("seg", "depth"), args)

@@ -312,6 +312,27 @@ def rooms_student(tasks, teachers, args=ConfigArgs()):
   return apply_common_args(c, args)
 
 
+def nyu_student(tasks, args=ConfigArgs()):
+  """Amalgamation on NYUv2 with the KamalEngine student recipe (docs/method.md §1).
+
+  Adam 1e-4, wd 1e-4, cosine, batch 16, 5,000 block-wise + 5,000 fine-tuning steps on the
+  795 training images without labels (a held-out tenth for the branch search); resized to
+  240x320, random 240x240 crops; evaluated on the 654 test images. ``configs/nyu.py`` and
+  ``configs/nyu3.py`` differ only in their tasks (and their ``:tiny`` data source)."""
+  c = amalgamation_config(
+      tasks, "nyuv2/labeled_mat", unlabeled_split="train[:90%]",
+      branch_split="train[90%:]", test_split="test", block_steps=5000, finetune_steps=5000,
+      batch_size=16, learning_rate=1e-4,
+      input_cfg=input_config(image_size=(240, 320), crop_size=(240, 240),
+                             color_jitter=(0.0, 0.0, 0.0)))
+  c.checkpoint_every = 500
+  c.log_every = 50
+  if args.tiny:  # seconds-long, on fake NYUv2 files (tests)
+    shrink_amalgamation(c)
+    c.input.image_size, c.input.crop_size = (64, 96), (64, 64)
+  return apply_common_args(c, args)
+
+
 def compare_config():
   """A ``mode='compare'`` config (``kajax.comparison``): runs filled in by the caller."""
   c = ml_collections.ConfigDict()
