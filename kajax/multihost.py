@@ -156,8 +156,8 @@ def exit_on_failure() -> Iterator[None]:
   other process — which are themselves waiting in a collective for this one: nobody would ever
   stop. ``os._exit`` skips the barrier and ends the heartbeats; a peer then either sees its
   collective fail (a closed connection) and exits through this same path, or is stopped by
-  JAX's coordination service once the heartbeat timeout has passed. A :class:`Preempted` run (every process at the same step) exits
-  normally with :data:`PREEMPTED_EXIT_CODE`.
+  JAX's coordination service once the heartbeat timeout has passed. A :class:`Preempted` run
+  (every process at the same step) exits normally with :data:`PREEMPTED_EXIT_CODE`.
   """
   try:
     yield

@@ -1,6 +1,9 @@
-"""Test setup: 8 fake CPU devices, set before JAX initialises (tests need a mesh)."""
+"""Test setup: 8 fake CPU devices, set before JAX initialises (tests need a mesh), and one
+JAX compilation cache per test session."""
 
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -10,3 +13,42 @@ os.environ.setdefault("NO_GCE_CHECK", "true")
 import jax  # noqa: E402  (after XLA_FLAGS on purpose)
 
 jax.config.update("jax_num_cpu_devices", 8)
+
+_CACHE_VARIABLES = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
+def pytest_configure(config):
+  """Shares compiled programs between tests, xdist workers and ``python -m kajax.main`` runs.
+
+  Compiling is most of a tiny run's CPU time (a tiny demo run from scratch: ~200 s of CPU,
+  ~50 s with every program in the cache), and many tests compile the same steps. The cache
+  lives in a new directory for each session (removed at its end), so nothing compiled by an
+  earlier session or another JAX version is reused; cached and fresh compilations give the
+  same executables, so every result is what it would be without the cache.
+  """
+  if config.pluginmanager.hasplugin("xdist") and config.getoption("maxschedchunk") is None:
+    # xdist's default hands each worker a quarter of the tests up front, so all the slow tests
+    # (sorted first below) would go to one worker; instead each takes one more when it can.
+    config.option.maxschedchunk = 1
+  if not hasattr(config, "workerinput"):  # The controller (or a run without xdist).
+    config.kajax_jax_cache = tempfile.mkdtemp(prefix="kajax-tests-jax-cache-")
+    # Inherited by the xdist workers (started after this hook) and by every subprocess.
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = config.kajax_jax_cache
+    os.environ.update(_CACHE_VARIABLES)
+  # This process's own compilations (none has happened yet: tests are not collected).
+  jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+  for name, value in _CACHE_VARIABLES.items():
+    jax.config.update(name.lower(), int(value))
+
+
+def pytest_unconfigure(config):
+  if hasattr(config, "kajax_jax_cache"):
+    shutil.rmtree(config.kajax_jax_cache, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config, items):
+  """Slow tests (``@pytest.mark.slow``) first, so that with ``-n 2`` the longest ones start
+  at once instead of last; the others keep their order."""
+  del config
+  items.sort(key=lambda item: item.get_closest_marker("slow") is None)
