@@ -48,32 +48,35 @@ def setup():
               class_weights=class_weights, steps={})
 
 
-def _finetune(s, parallelism="jit", dtype=None, accum=1, remat=False):
-  """The compiled fine-tuning step (one per option set, shared by the tests)."""
-  key = ("finetune", parallelism, dtype, accum, remat)
+def _compiled(s, key, parallelism, make_step):
+  """Compiles ``make_step(bn_axis_name)`` once per key (shared by the tests) and returns it
+  with the optimizer it was built with."""
   if key not in s["steps"]:
     axis = step_parallelism.AXIS if parallelism == "pmap" else None
-    model = student_model.Student(s["spec"], POINTS, bn_axis_name=axis, dtype=dtype,
-                                  remat=remat)
-    fn = functools.partial(steps.finetune_train_step, model=model,
-                           teacher_models=s["models"], projection_fns=s["fns"],
-                           lambdas=LAMBDAS, tx=optim.make_optimizer(OPT, 10),
-                           grad_accum_steps=accum)
-    s["steps"][key] = step_parallelism.compile_train_step(fn, parallelism, batch_argnum=2)
+    s["steps"][key] = step_parallelism.compile_train_step(make_step(axis), parallelism,
+                                                          batch_argnum=2)
   return s["steps"][key], optim.make_optimizer(OPT, 10)
+
+
+def _finetune(s, parallelism="jit", dtype=None, accum=1, remat=False):
+  """The compiled fine-tuning step."""
+  return _compiled(s, ("finetune", parallelism, dtype, accum, remat), parallelism,
+                   lambda axis: functools.partial(
+                       steps.finetune_train_step,
+                       model=student_model.Student(s["spec"], POINTS, bn_axis_name=axis,
+                                                   dtype=dtype, remat=remat),
+                       teacher_models=s["models"], projection_fns=s["fns"], lambdas=LAMBDAS,
+                       tx=optim.make_optimizer(OPT, 10), grad_accum_steps=accum))
 
 
 def _block(s, parallelism="jit"):
   """The compiled block-wise step (drawn path, random k per task and step)."""
-  key = ("block", parallelism)
-  if key not in s["steps"]:
-    axis = step_parallelism.AXIS if parallelism == "pmap" else None
-    fn = functools.partial(steps.block_train_step,
-                           trunk=student_model.StudentTrunk(s["spec"], bn_axis_name=axis),
-                           teacher_models=s["models"], projection_fns=s["fns"],
-                           lambdas=LAMBDAS, tx=optim.make_optimizer(OPT, 10), num_steps=10)
-    s["steps"][key] = step_parallelism.compile_train_step(fn, parallelism, batch_argnum=2)
-  return s["steps"][key], optim.make_optimizer(OPT, 10)
+  return _compiled(s, ("block", parallelism), parallelism,
+                   lambda axis: functools.partial(
+                       steps.block_train_step,
+                       trunk=student_model.StudentTrunk(s["spec"], bn_axis_name=axis),
+                       teacher_models=s["models"], projection_fns=s["fns"], lambdas=LAMBDAS,
+                       tx=optim.make_optimizer(OPT, 10), num_steps=10))
 
 
 def _run(step, tx, variables, s, num_steps, mesh, images=None, keep_metrics=False):
