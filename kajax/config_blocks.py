@@ -136,8 +136,8 @@ def model_config(num_outputs, arch="segnet_vgg16_bn", width_multiplier=1.0, head
 def _add_step_options(c: ml_collections.ConfigDict) -> None:
   """How training steps run (``kajax.step_parallelism``), shared by teachers and students."""
   # float32 | bfloat16 convolutions and activations; parameters, optimiser state, BatchNorm
-  # statistics and losses stay float32.
-  c.compute_dtype = "float32"
+  # statistics and losses stay float32. 'auto': bfloat16 on TPU and GPU, float32 on CPU.
+  c.compute_dtype = "auto"
   c.parallelism = "jit"  # jit over the device mesh | pmap (one process)
   c.grad_accum_steps = 1  # micro-batches per step (must divide the per-device batch)
   c.remat = False  # recompute encoder activations in the backward pass (less memory)

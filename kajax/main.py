@@ -141,6 +141,10 @@ def _run(config: Any, workdir: str) -> None:
     raise ValueError(f"--config.mode={mode!r}: choose one of {MODES}.")
   from kajax import multihost, parallel
   multihost.log_runtime(parallel.make_mesh())  # First status line of every process.
+  if "compute_dtype" in config:
+    from kajax import step_parallelism
+    multihost.log("Compute dtype: %s (--config.compute_dtype=%s)",
+                  step_parallelism.compute_dtype_name(config), config.compute_dtype)
   if mode == "teacher":
     from kajax import train_teacher
     train_teacher.train_and_evaluate(config, workdir)

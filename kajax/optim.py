@@ -42,7 +42,8 @@ def learning_rate_schedule(opt_config: Any, num_steps: int) -> optax.Schedule:
   if schedule == "constant":
     main = optax.constant_schedule(lr)
   else:
-    # Decay the rate: under a constant rate evaluations jump between checkpoints (docs/method.md §4).
+    # Decay the rate: under a constant rate evaluations jump between checkpoints
+    # (docs/method.md §4).
     main = optax.cosine_decay_schedule(lr, max(1, num_steps - warmup))
   if warmup <= 0:
     return main

@@ -4,9 +4,10 @@
       [--batch_size=8] [--keep_size | --image_size=240x320]
 
 Every .png/.jpg/.jpeg/.bmp file directly in ``--input_dir`` (sorted by name; hidden files
-skipped) is turned upright (EXIF orientation, as photo viewers do), converted to RGB, resized bilinearly to its *network size* and normalised with the
-student's own statistics (``student.json`` ``input.mean``/``std``), exactly like the evaluation
-pipeline (``kajax.augment.eval_transform``). The network size is, by default, the training
+skipped) is turned upright (EXIF orientation, as photo viewers do), converted to RGB, resized
+bilinearly to its *network size* and normalised with the student's own statistics
+(``student.json`` ``input.mean``/``std``), exactly like the evaluation pipeline
+(``kajax.augment.eval_transform``). The network size is, by default, the training
 resolution recorded in ``student.json`` (``input.image_size``): an image is scaled so that its
 shorter side matches the training images' shorter side, keeping its aspect ratio (a 3024x4032
 photo and a 240x320 training resolution give 240x320; a portrait photo 320x240), so objects

@@ -14,8 +14,9 @@ Every kajax training step is one pure function (``kajax.amalgamation_steps``,
   checkpoints and evaluation are shared. One process (pmap is in maintenance mode since
   JAX 0.8; jit is the path for pods).
 
-``config.compute_dtype`` ('float32' | 'bfloat16') and ``config.grad_accum_steps`` are read by
-:func:`compute_dtype` / :func:`check_config`; ``config.remat`` rematerialises encoder blocks.
+``config.compute_dtype`` ('auto' | 'float32' | 'bfloat16'; 'auto' = bfloat16 on TPU and GPU,
+float32 on CPU) and ``config.grad_accum_steps`` are read by :func:`compute_dtype` /
+:func:`check_config`; ``config.remat`` rematerialises encoder blocks.
 """
 
 from __future__ import annotations
@@ -29,13 +30,16 @@ import jax.numpy as jnp
 from kajax import parallel, xla_options
 
 PARALLELISMS = ("jit", "pmap")
-COMPUTE_DTYPES = ("float32", "bfloat16")
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
+# What 'auto' means per backend: accelerators have fast bfloat16 units (TPU MXUs, GPU tensor
+# cores); a CPU has none, and there bfloat16 only adds conversions.
+_AUTO_DTYPE = {"tpu": "bfloat16", "gpu": "bfloat16", "cuda": "bfloat16", "rocm": "bfloat16"}
 AXIS = parallel.DATA_AXIS
 
 
 def check_config(config: Any, devices: int | None = None) -> None:
   """Clear errors for ``compute_dtype``, ``parallelism``, ``grad_accum_steps``."""
-  dtype = config.get("compute_dtype", "float32")
+  dtype = config.get("compute_dtype", "auto")
   if dtype not in COMPUTE_DTYPES:
     raise ValueError(f"--config.compute_dtype={dtype!r}: choose one of {COMPUTE_DTYPES}.")
   mode = config.get("parallelism", "jit")
@@ -56,9 +60,18 @@ def check_config(config: Any, devices: int | None = None) -> None:
         f"{per_device}); e.g. 1 or a divisor of {per_device}.")
 
 
+def compute_dtype_name(config: Any, backend: str | None = None) -> str:
+  """'float32' or 'bfloat16': ``config.compute_dtype`` with 'auto' resolved for ``backend``
+  (default: JAX's default backend)."""
+  name = config.get("compute_dtype", "auto")
+  if name == "auto":
+    return _AUTO_DTYPE.get(backend or jax.default_backend(), "float32")
+  return name
+
+
 def compute_dtype(config: Any) -> Any:
   """The modules' compute dtype (``None`` for float32: variables' own dtype)."""
-  name = config.get("compute_dtype", "float32")
+  name = compute_dtype_name(config)
   return None if name == "float32" else jnp.dtype(name)
 
 

@@ -42,9 +42,9 @@ def count_student_params(spec: StudentSpec, branch_points: Sequence[int],
   """Trainable parameters of the fixed-branch (pruned) :class:`Student`.
 
   For two SegNet teachers the count depends on min(k_g) only: decoder block j exists once in
-  the trunk if j < max k, plus once per teacher with k_g <= j. The published sizes (37.1M / 31.2M / 29.7M
-  for min k = 1 / 2 / 3 with VGG16-BN teachers) match ``include_gates=False``; each gate adds
-  2 * C * max(16, C // 4) parameters (131,072 per task at k = 1).
+  the trunk if j < max k, plus once per teacher with k_g <= j. The published sizes (37.1M /
+  31.2M / 29.7M for min k = 1 / 2 / 3 with VGG16-BN teachers) match ``include_gates=False``;
+  each gate adds 2 * C * max(16, C // 4) parameters (131,072 per task at k = 1).
   """
   params = variable_shapes(Student(spec, check_branch_points(spec, branch_points)))["params"]
   # Gates can sit inside a branch too (an old student's gates, option B).

@@ -60,7 +60,8 @@ def fake_gcs(tmp_path, monkeypatch):
   monkeypatch.setattr(FakeGCSFileSystem, "root_dir", str(root))
   registry = importlib.import_module("fsspec.registry")  # fsspec.registry is a mapping.
   for name in FakeGCSFileSystem.protocol:
-    monkeypatch.setitem(registry._registry, name, FakeGCSFileSystem)  # pylint: disable=protected-access
+    # pylint: disable-next=protected-access
+    monkeypatch.setitem(registry._registry, name, FakeGCSFileSystem)
   cached = backend.fsspec_backend._get_filesystem  # pylint: disable=protected-access
   cached.cache_clear()  # epath keeps one filesystem per protocol: drop any real one.
 

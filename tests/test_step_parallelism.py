@@ -254,3 +254,15 @@ def test_check_config_names_the_bad_field():
     step_parallelism.check_config(c, devices=8)
   c.grad_accum_steps, c.batch_size = 2, 16
   step_parallelism.check_config(c, devices=8)
+
+
+def test_auto_compute_dtype_is_bfloat16_on_accelerators_only():
+  c = ml_collections.ConfigDict({"compute_dtype": "auto"})
+  assert {b: step_parallelism.compute_dtype_name(c, b) for b in ("cpu", "gpu", "tpu")} == {
+      "cpu": "float32", "gpu": "bfloat16", "tpu": "bfloat16"}
+  assert step_parallelism.compute_dtype(c) is None  # This machine is a CPU: float32 params.
+  c.compute_dtype = "float32"  # An explicit choice wins on every backend.
+  assert step_parallelism.compute_dtype_name(c, "tpu") == "float32"
+  c.compute_dtype = "bfloat16"
+  assert step_parallelism.compute_dtype_name(c, "cpu") == "bfloat16"
+  assert step_parallelism.compute_dtype(c) == jnp.bfloat16

@@ -1,4 +1,5 @@
-"""Readers for the official NYU Depth V2 labelled files (``nyu_depth_v2_labeled.mat``, ``splits.mat``).
+"""Readers for the official NYU Depth V2 labelled files (``nyu_depth_v2_labeled.mat`` and
+``splits.mat``).
 
 The labelled file is MATLAB v7.3, i.e. HDF5 behind a 512-byte MATLAB header. MATLAB is
 column-major, so h5py shows every variable with its axes reversed: ``images`` is

@@ -134,7 +134,8 @@ def _cast_room(scene, d):
 
 
 _NEAR = 0.02  # metres; boxes are clipped to z >= _NEAR before projecting their corners.
-# The 12 edges of a box as pairs of corner indices (corner i has signs from bits of i: x=4, y=2, z=1).
+# The 12 edges of a box as pairs of corner indices (corner i has signs from bits of i:
+# x=4, y=2, z=1).
 _EDGES = np.array([(i, i | bit) for i in range(8) for bit in (1, 2, 4) if not i & bit])
 
 

@@ -354,8 +354,9 @@ def picture(rng, bottom=None):
                                                                  "white": .3}))
   canvas = material(rng, PICTURE, kind=BLOCKS)
   b = rng.uniform(0.02, 0.06)
-  return [_part((0, y, 0.015), (w / 2, h / 2, 0.015), PICTURE, frame),
-          _part((0, y, 0.031), (w / 2 - b, h / 2 - b, 0.002), PICTURE, canvas)], w, y - h / 2, y + h / 2
+  parts = [_part((0, y, 0.015), (w / 2, h / 2, 0.015), PICTURE, frame),
+           _part((0, y, 0.031), (w / 2 - b, h / 2 - b, 0.002), PICTURE, canvas)]
+  return parts, w, y - h / 2, y + h / 2
 
 
 def door(rng):
