@@ -32,7 +32,8 @@ from kajax import parallel, xla_options
 PARALLELISMS = ("jit", "pmap")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 # What 'auto' means per backend: accelerators have fast bfloat16 units (TPU MXUs, GPU tensor
-# cores); a CPU has none, and there bfloat16 only adds conversions.
+# cores). CPU runs (the demo, the tests, debugging) stay float32, the precision their
+# published numbers and PyTorch references use.
 _AUTO_DTYPE = {"tpu": "bfloat16", "gpu": "bfloat16", "cuda": "bfloat16", "rocm": "bfloat16"}
 AXIS = parallel.DATA_AXIS
 
