@@ -191,9 +191,10 @@ def rooms_teacher(task, args=ConfigArgs()):
   Also tried for depth on validation (one seed, 500 steps unless said): lr 5e-3 0.56 m;
   SegNet-VGG13 0.59 m, VGG13 at width 1/4 0.60 m; VGG11 0.81 m (its last decoder block is a
   single conv, straight from the sparse unpooled map to depth); the scale-invariant log loss
-  1.22 m; 1,000 steps 0.51 m, 2,000 steps 0.45 m. Only more steps helped: the depth teacher is short of training,
-  not of width or depth (per-image median scaling of the 500-step teacher's predictions gives
-  0.48 m, so most of the error is structure, not the room's unknown scale).
+  1.22 m; 1,000 steps 0.51 m, 2,000 steps 0.45 m. Only more steps helped: the depth teacher
+  is short of training, not of width or depth (per-image median scaling of the 500-step
+  teacher's predictions gives 0.48 m, so most of the error is structure, not the room's
+  unknown scale).
   """
   # Zoom-in range chosen on validation per task (see above).
   scale_range = (1.0, 1.0) if task == "depth" else (1.0, 1.25)

@@ -242,8 +242,9 @@ def test_two_hosts_kill_resume_and_match_one_host(tmp_path):
   # alone changes.
   refs = {n: multiprocess_runner.Processes(_kajax_args(str(tmp_path / f"one_host_{n}"),
                                                        data_dir)[:-1],
-                                           1, n, logs, f"one{n}", cwd=REPO, extra_env=env_one_host,
-                                           gpu_script=GPU_SCRIPT) for n in (8, 4)}
+                                           1, n, logs, f"one{n}", cwd=REPO,
+                                           extra_env=env_one_host, gpu_script=GPU_SCRIPT)
+          for n in (8, 4)}
   try:
     codes = {n: r.wait(900) for n, r in refs.items()}
   finally:

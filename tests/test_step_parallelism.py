@@ -52,7 +52,7 @@ def _compiled(s, key, parallelism, make_step):
   """Compiles ``make_step(bn_axis_name)`` once per key (shared by the tests) and returns it
   with the optimizer it was built with."""
   if key not in s["steps"]:
-    axis = step_parallelism.AXIS if parallelism == "pmap" else None
+    axis = step_parallelism.bn_axis_name({"parallelism": parallelism})
     s["steps"][key] = step_parallelism.compile_train_step(make_step(axis), parallelism,
                                                           batch_argnum=2)
   return s["steps"][key], optim.make_optimizer(OPT, 10)
