@@ -113,12 +113,14 @@ def input_gradient(dy: jax.Array, kernel: jax.Array, padding: tuple[tuple[int, i
 
 def _bwd(padding, precision, res, dy):
   x, kernel = res
-  if all(0 <= p < k for p, k in zip(sum(padding, ()), kernel.shape[:2] * 2)):
+  (pt, pb), (pl, pr) = padding
+  kh, kw = kernel.shape[:2]
+  if all(0 <= p < k for p, k in ((pt, kh), (pb, kh), (pl, kw), (pr, kw))):
     dx = input_gradient(dy, kernel, padding, precision)
-  else:
+  else:  # a padding as wide as the kernel: JAX's own VJP
     _, input_vjp = jax.vjp(lambda v: _conv(v, kernel, padding, precision), x)
     (dx,) = input_vjp(dy)
-  dk = weight_gradient(x, dy, kernel.shape[:2], padding)
+  dk = weight_gradient(x, dy, (kh, kw), padding)
   return dx, dk.astype(kernel.dtype)
 
 
