@@ -124,22 +124,34 @@ def data_dir(tmp_path_factory):
   return path
 
 
-def _numpy_f1(teacher, variables, source, input_config):
-  """Edge F1 of a teacher over a split, with the edge map and counts written in NumPy."""
+def _numpy_f1_bounds(teacher, variables, source, input_config, ambiguous=1e-4):
+  """Edge F1 of a teacher over a split, with the edge map and counts written in NumPy.
+
+  A barely trained teacher has many logits near 0, where another compilation of the same
+  forward pass (kajax's evaluation) can round to the other side of the 0.5 threshold. Pixels
+  with |logit| < ``ambiguous`` are counted both ways: returns (lowest, highest) F1.
+  """
   tp = fp = fn = 0
+  unsure_edge = unsure_other = 0
   forward = jax.jit(lambda v, x: teacher.apply(v, x, train=False)[0])
   for batch in input_pipeline.make_eval_iterator(source, input_config, global_batch_size=8,
                                                  process_index=0, process_count=1):
-    prob = 1 / (1 + np.exp(-np.asarray(forward(variables, batch["image"]))[..., 0]))
+    logit = np.asarray(forward(variables, batch["image"]), np.float64)[..., 0]
     y = np.asarray(batch["label"])
     edge = np.zeros(y.shape, bool)
     edge[:, :, :-1] |= y[:, :, 1:] != y[:, :, :-1]
     edge[:, :-1, :] |= y[:, 1:, :] != y[:, :-1, :]
     edge &= y != 255
-    real = np.asarray(batch["mask"])[:, None, None]
-    p, t = (prob > 0.5) & real, edge & real
+    real = np.broadcast_to(np.asarray(batch["mask"])[:, None, None], y.shape)
+    sure = real & (np.abs(logit) >= ambiguous)
+    p, t = (1 / (1 + np.exp(-logit)) > 0.5) & sure, edge & sure
     tp, fp, fn = tp + np.sum(p & t), fp + np.sum(p & ~t), fn + np.sum(~p & t)
-  return 2 * tp / max(2 * tp + fp + fn, 1)
+    unsure = real & ~sure
+    unsure_edge += np.sum(unsure & edge)
+    unsure_other += np.sum(unsure & ~edge)
+  f1 = lambda tp, fp, fn: 2 * tp / max(2 * tp + fp + fn, 1)  # noqa: E731
+  # Lowest: unsure edges missed, unsure non-edges predicted; highest: the opposite.
+  return (f1(tp, fp + unsure_other, fn + unsure_edge), f1(tp + unsure_edge, fp, fn))
 
 
 def test_plugin_task_is_trained_amalgamated_evaluated_and_predicted(edges, data_dir, tmp_path):
@@ -174,8 +186,9 @@ def test_plugin_task_is_trained_amalgamated_evaluated_and_predicted(edges, data_
   module, variables, info = teacher_files.load_teacher(os.path.join(workdir, "teachers",
                                                                     "edges"))
   source = data_sources.open_split(c.dataset, data_dir, c.test_split)
-  assert models["teacher/edges"]["edges/f1"] == pytest.approx(
-      _numpy_f1(module, variables, source, c.input), abs=1e-6)
+  low, high = _numpy_f1_bounds(module, variables, source, c.input)
+  assert low - 1e-9 <= models["teacher/edges"]["edges/f1"] <= high + 1e-9
+  assert high - low < 0.01  # the bounds are tight enough to catch a wrong edge map
   with open(os.path.join(workdir, "results.md")) as f:
     assert "edges f1" in f.read()
   with open(os.path.join(workdir, "student", "student.json")) as f:
