@@ -102,7 +102,9 @@ def input_gradient(dy: jax.Array, kernel: jax.Array, padding: tuple[tuple[int, i
   """dL/dx of a stride-1 NHWC convolution, as a forward convolution of ``dy``.
 
   The kernel rotated by 180 degrees with its input and output channels swapped, padded so that
-  the result has x's size (``(kh - 1 - top, kh - 1 - bottom)``, the same for the width).
+  the result has x's size (``(kh - 1 - top, kh - 1 - bottom)``, the same for the width). A
+  forward padding wider than ``kh - 1`` makes that negative: ``lax`` then crops ``dy``, which
+  drops exactly the output rows that saw only padding.
   """
   kh, kw = kernel.shape[:2]
   (pt, pb), (pl, pr) = padding
@@ -113,14 +115,8 @@ def input_gradient(dy: jax.Array, kernel: jax.Array, padding: tuple[tuple[int, i
 
 def _bwd(padding, precision, res, dy):
   x, kernel = res
-  (pt, pb), (pl, pr) = padding
-  kh, kw = kernel.shape[:2]
-  if all(0 <= p < k for p, k in ((pt, kh), (pb, kh), (pl, kw), (pr, kw))):
-    dx = input_gradient(dy, kernel, padding, precision)
-  else:  # a padding as wide as the kernel: JAX's own VJP
-    _, input_vjp = jax.vjp(lambda v: _conv(v, kernel, padding, precision), x)
-    (dx,) = input_vjp(dy)
-  dk = weight_gradient(x, dy, (kh, kw), padding)
+  dx = input_gradient(dy, kernel, padding, precision)
+  dk = weight_gradient(x, dy, kernel.shape[:2], padding)
   return dx, dk.astype(kernel.dtype)
 
 

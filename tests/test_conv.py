@@ -64,7 +64,7 @@ def _numpy_input_gradient(dy, kernel, x_hw, padding):
     ((3, 3), ((0, 0), (0, 0))),
     ((3, 3), ((2, 0), (1, 2))),
     ((1, 3), ((0, 0), (1, 1))),
-    ((3, 3), ((3, 1), (0, 0))),  # padding >= kernel size: JAX's own VJP (fallback)
+    ((3, 3), ((3, 1), (0, 0))),  # padding >= kernel size: a negative (cropping) padding
 ])
 def test_input_gradient_matches_numpy_scatter_of_output_gradient(kernel_hw, padding):
   rng = np.random.default_rng(5)
