@@ -21,6 +21,6 @@ TASKS = ("seg", "depth")
 
 
 def get_config(arg=None):
-  args = config_blocks.parse_arg(arg, ("tiny", "seed"))
+  args = config_blocks.parse_arg(arg, ("tiny", "long", "seed"))
   teachers = {t: config_blocks.rooms_teacher(t, args) for t in TASKS}
   return config_blocks.rooms_student(TASKS, teachers, args)

@@ -20,7 +20,7 @@ TASKS = ("seg", "depth", "normals")
 
 
 def get_config(arg=None):
-  args = config_blocks.parse_arg(arg, ("tiny", "seed"))
+  args = config_blocks.parse_arg(arg, ("tiny", "long", "seed"))
   c = config_blocks.compare_config()
   teachers = {t: config_blocks.rooms_teacher(t, args) for t in TASKS}
   two = config_blocks.rooms_student(("seg", "depth"), teachers, args)

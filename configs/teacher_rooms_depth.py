@@ -7,5 +7,5 @@ from kajax import config_blocks
 
 
 def get_config(arg=None):
-  args = config_blocks.parse_arg(arg, ("tiny", "seed"))
+  args = config_blocks.parse_arg(arg, ("tiny", "long", "seed"))
   return config_blocks.rooms_teacher("depth", args)

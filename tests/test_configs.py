@@ -107,3 +107,57 @@ def test_no_config_trains_searches_or_selects_on_its_test_split(path, arg):
         # run's final evaluation measures them there, beside the student).
         assert not test & _split_parts(teacher.train_split), name
         assert not test & _split_parts(teacher.eval_split), name
+
+
+def _without(config, paths):
+  """A config as a flat dict, without the dotted ``paths``."""
+  flat = {}
+
+  def walk(node, prefix):
+    for key, value in node.items():
+      name = f"{prefix}{key}"
+      if hasattr(value, "items"):
+        walk(value, name + ".")
+      elif name not in paths:
+        flat[name] = value
+  walk(config.to_dict(), "")
+  return flat
+
+
+LONG_CONFIGS = ["demo.py", "demo3.py", "teacher_rooms_seg.py", "teacher_rooms_depth.py",
+                "teacher_rooms_normals.py"]
+
+
+@pytest.mark.parametrize("name", LONG_CONFIGS)
+def test_long_variant_trains_longer_and_changes_nothing_else(name):
+  module = _load(os.path.join(CONFIG_DIR, name))
+  default, long = module.get_config("seed=3"), module.get_config("long,seed=3")
+  pairs = ([(default.runs[r], long.runs[r]) for r in default.run_order]
+           if default.mode == "compare" else [(default, long)])
+  changed = set()
+  for short_run, long_run in pairs:
+    teacher_pairs = [(short_run, long_run)] if short_run.mode == "teacher" else [
+        (short_run.teachers[t].train_config, long_run.teachers[t].train_config)
+        for t in short_run.teachers if short_run.teachers[t].train_config is not None]
+    for short_teacher, long_teacher in teacher_pairs:
+      # Four times the labelled images, through the batch (see config_blocks.rooms_teacher).
+      assert (long_teacher.num_steps * long_teacher.batch_size
+              == 4 * short_teacher.num_steps * short_teacher.batch_size)
+      assert long_teacher.seed == 3
+      steps = {"num_steps", "batch_size"}
+      assert _without(short_teacher, steps) == _without(long_teacher, steps)
+      changed |= {"teacher"}
+    if short_run.mode == "amalgamate":
+      assert long_run.block.num_steps == 3 * short_run.block.num_steps
+      assert long_run.finetune.num_steps == 3 * short_run.finetune.num_steps
+      steps = {"block.num_steps", "finetune.num_steps"} | {
+          f"teachers.{t}.train_config.{k}" for t in short_run.teachers
+          for k in ("num_steps", "batch_size")}
+      assert _without(short_run, steps) == _without(long_run, steps)
+      changed |= {"student"}
+  assert changed == ({"teacher"} if name.startswith("teacher") else {"teacher", "student"})
+
+
+def test_long_and_tiny_together_are_refused():
+  with pytest.raises(ValueError, match="'tiny' and 'long'.*contradict"):
+    _load(os.path.join(CONFIG_DIR, "demo.py")).get_config("tiny,long")
