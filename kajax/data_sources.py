@@ -79,11 +79,16 @@ def _check_same_data(builder: tfds.core.DatasetBuilder, name: str, data_dir: str
 
 
 def open_split(name: str, data_dir: str, split: str) -> Any:
-  """Random-access source of one split (dicts of numpy arrays)."""
+  """Random-access source of one split (dicts of numpy arrays).
+
+  ``split`` is TFDS's split syntax: a split, a slice of one ('train[:90%]'), or a union of
+  those ('unlabeled+teacher_seg', read one after the other).
+  """
   builder = ensure_built(name, data_dir)
-  base = split.split("[")[0]  # 'train[:90%]' slices the 'train' split.
-  if base not in builder.info.splits:
-    raise ValueError(f"Split {split!r} does not exist in {name}; it has "
-                     f"{sorted(builder.info.splits)}.")
+  for part in split.split("+"):
+    base = part.strip().split("[")[0]  # 'train[:90%]' slices the 'train' split.
+    if base not in builder.info.splits:
+      raise ValueError(f"Split {part.strip()!r} (of {split!r}) does not exist in {name}; it "
+                       f"has {sorted(builder.info.splits)}.")
   return tfds.data_source(name, data_dir=data_dir, split=split,
                           download=False)

@@ -12,6 +12,7 @@ import tensorflow_datasets as tfds
 from absl import app
 
 from kajax import build_data
+from kajax import data_sources
 from kajax.datasets import rooms_render
 from kajax.datasets import synthetic_rooms
 
@@ -119,3 +120,16 @@ def test_cli_rejects_unknown_names(tmp_path, dataset, message):
 def test_cli_rejects_bad_split_sizes():
   with pytest.raises(app.UsageError, match="--split_sizes"):
     build_data.parse_split_sizes("test=many")
+
+
+def test_open_split_reads_unions_and_names_a_missing_part(built):
+  data_dir, _ = built
+  union = data_sources.open_split("synthetic_rooms/tiny", str(data_dir),
+                                  "unlabeled+validation[:2]")
+  unlabeled, validation = (_source(data_dir, s) for s in ("unlabeled", "validation"))
+  assert len(union) == 10
+  np.testing.assert_array_equal(union[3]["image"], unlabeled[3]["image"])
+  np.testing.assert_array_equal(union[9]["image"], validation[1]["image"])
+  with pytest.raises(ValueError, match=r"'unlabelled' \(of 'validation\+unlabelled'\) does not "
+                     r"exist.*'unlabeled'"):
+    data_sources.open_split("synthetic_rooms/tiny", str(data_dir), "validation+unlabelled")
