@@ -10,8 +10,8 @@ Budget on 2 CPU cores (``python -m kajax.benchmarks.train_steps``): data ~0.5 mi
 batch 8 (~5.5 min; a step's time is proportional to its batch on a CPU, so smaller batches buy
 more updates for the same images).
 
-``:long`` takes about three times as long (teachers on 4x the labelled images, the student 3x
-the steps) for teachers that reach 0.4 mIoU and 0.5 m RMSE (``kajax.config_blocks``).
+``:long`` takes about three times as long (each teacher sees 4x as many labelled images, the
+student 3x the steps); its teachers pass 0.40 mIoU and 0.50 m RMSE (README, one seed).
 
 The ``test`` split is read only by the final evaluation (the teachers trained here report on
 ``validation``; ``kajax.config_blocks.rooms_student``). Over several seeds:

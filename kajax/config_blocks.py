@@ -20,7 +20,7 @@ from kajax import tasks as tasks_lib
 # What each documented ``:arg`` key means; a config accepts a subset of them.
 ARG_KEYS = {
     "tiny": "seconds-long variant for tests",
-    "long": "about 3x the default's time: teachers on 4x the images, the student 3x the steps",
+    "long": "about 3x the default's time: teachers see 4x the images, the student 3x the steps",
     "seed": "seed=N: random seed of the run (data order, initialisation)",
     "res": "res=HxW: image size of training and evaluation",
 }
