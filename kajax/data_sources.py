@@ -85,10 +85,10 @@ def open_split(name: str, data_dir: str, split: str) -> Any:
   those ('unlabeled+teacher_seg', read one after the other).
   """
   builder = ensure_built(name, data_dir)
-  for part in split.split("+"):
-    base = part.strip().split("[")[0]  # 'train[:90%]' slices the 'train' split.
+  for part in (p.strip() for p in split.split("+")):
+    base = part.split("[")[0]  # 'train[:90%]' slices the 'train' split.
     if base not in builder.info.splits:
-      raise ValueError(f"Split {part.strip()!r} (of {split!r}) does not exist in {name}; it "
-                       f"has {sorted(builder.info.splits)}.")
+      raise ValueError(f"Split {part!r} (of {split!r}) does not exist in {name}; it has "
+                       f"{sorted(builder.info.splits)}.")
   return tfds.data_source(name, data_dir=data_dir, split=split,
                           download=False)
