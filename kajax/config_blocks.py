@@ -105,7 +105,11 @@ def input_config(image_size=None, crop_size=None, scale_range=(1.0, 1.5), flip=T
                  color_jitter=(0.2, 0.2, 0.2)):
   """The ``input`` block (see ``kajax.input_pipeline``)."""
   c = ml_collections.ConfigDict()
+  # Typed placeholders, not bare None: a None field cannot be overridden from the command
+  # line (``--config.input.crop_size='(64,64)'``), a placeholder of type tuple can.
+  c.image_size = ml_collections.config_dict.placeholder(tuple)
   c.image_size = image_size  # None: the source's resolution (evaluation resolution too).
+  c.crop_size = ml_collections.config_dict.placeholder(tuple)
   c.crop_size = crop_size  # None: train on whole (zoomed) images of image_size.
   c.scale_range = scale_range  # Random zoom-in before cropping back to the size.
   c.flip = flip  # Horizontal flips (normals' x negated).

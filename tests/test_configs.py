@@ -161,3 +161,26 @@ def test_long_variant_trains_longer_and_changes_nothing_else(name):
 def test_long_and_tiny_together_are_refused():
   with pytest.raises(ValueError, match="'tiny' and 'long'.*contradict"):
     _load(os.path.join(CONFIG_DIR, "demo.py")).get_config("tiny,long")
+
+
+
+_PRINT_INPUT_SIZES = """
+from absl import app
+from ml_collections import config_flags
+CONFIG = config_flags.DEFINE_config_file("config")
+app.run(lambda argv: print(tuple(CONFIG.value.input.crop_size),
+                           tuple(CONFIG.value.input.image_size)))
+"""
+
+
+@pytest.mark.parametrize("name", ["demo.py", "teacher_rooms_seg.py"])
+def test_input_sizes_can_be_set_from_the_command_line(name):
+  """``--config.input.crop_size='(64,64)'`` works where the config's default is None (the
+  rooms configs): ml_collections refuses to override a bare None field."""
+  import subprocess
+  import sys
+  out = subprocess.run(
+      [sys.executable, "-c", _PRINT_INPUT_SIZES, f"--config={os.path.join(CONFIG_DIR, name)}",
+       "--config.input.crop_size=(64, 64)", "--config.input.image_size=(96, 128)"],
+      capture_output=True, text=True, check=True, timeout=120)
+  assert out.stdout.split("\n")[-2] == "(64, 64) (96, 128)"
