@@ -276,16 +276,21 @@ def amalgamation_config(tasks, dataset, *, unlabeled_split, branch_split, test_s
   c.loss = ml_collections.ConfigDict()
   c.loss.kinds = {t: _default_kind(t, PROJECTION_LOSS, "projection_losses") for t in tasks}
   # Where each default comes from ("paper": Ye et al. 2019 / its port, not tuned here):
-  c.loss.lambdas = {t: 1.0 for t in tasks}  # paper (lambda_t = 1)
+  # paper (lambda_t = 1). On the demo (validation, seed-0 teachers) lambda_depth = 2 moved
+  # the student's depth RMSE from 0.662 to 0.653 m and left mIoU equal: within the seed
+  # spread, so the paper's value stays.
+  c.loss.lambdas = {t: 1.0 for t in tasks}
   c.loss.temperature = 1.0  # KL on softened logits, times T^2; paper (T = 1)
   # Targets = teacher outputs averaged over the image and its mirror image (label-free
   # test-time augmentation of the teacher; one more teacher forward per step). Off here
   # (the paper's targets); rooms_student turns it on (chosen on validation).
   c.loss.teacher_flip_average = False
   # none | teacher_median_freq_sqrt: weight parsing pixels by the teacher's predicted class.
-  # The balancing the teachers are trained with, carried to the student. An older
-  # student-level comparison of this option was made on the test split; it is not a valid
-  # basis for the default and has not yet been redone on validation.
+  # The balancing the teachers are trained with, carried to the student. Checked on
+  # validation (the demo's seed-0 teachers and student, 2026-12-02): mIoU 0.275 vs 0.277 with
+  # 'none' and depth 0.662 vs 0.657 m RMSE (both within the seed spread), mean class accuracy
+  # 0.445 vs 0.432 (what the weighting is for): kept. (An older comparison on the test split
+  # is not a basis for it.)
   c.loss.seg_class_weighting = "teacher_median_freq_sqrt"
   c.loss.class_weight_images = 200  # unlabelled images the class frequencies come from
   c.optimizer = optimizer_config(learning_rate=learning_rate)
