@@ -32,7 +32,7 @@ from etils import epath
 from kajax import (amalgamation_steps as steps, branch_search, checkpointing, data_sources,
                    export, input_pipeline, multihost, optim, parallel, results,
                    step_parallelism, storage, student_init, student_model, student_spec, tasks,
-                   teacher_setup, train_teacher, training_logs, training_loop)
+                   teacher_setup, teacher_targets, train_teacher, training_logs, training_loop)
 
 
 @dataclasses.dataclass
@@ -48,6 +48,9 @@ class Run:
   lambdas: dict[str, float]  # by task
   data_dir: str
   writer: training_logs.Writer
+  # {task: (N, H, W, C) float32} over the unlabelled split, computed at first use when
+  # --config.loss.teacher_targets='precomputed' (kajax.teacher_targets).
+  targets: dict[str, np.ndarray] | None = None
 
   @property
   def teacher_models(self) -> tuple[Any, ...]:
@@ -85,6 +88,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.block.get("path", "drawn_path") not in steps.BLOCK_PATHS:
     raise ValueError(f"--config.block.path={config.block.path!r}: choose one of "
                      f"{steps.BLOCK_PATHS}.")
+  teacher_targets.check_mode(config.loss.get("teacher_targets", "per_step"))
   step_parallelism.check_config(config)
 
 
@@ -169,8 +173,25 @@ def _checkpointer(run: Run, phase: str) -> checkpointing.Checkpointer:
 def _train_iterator(run: Run, seed: int) -> Any:
   # Images only: the student never sees a label (docs/method.md §1).
   return input_pipeline.make_train_iterator(
-      run.source(run.config.unlabeled_split), run.config.input,
+      _unlabeled_source(run), run.config.input,
       global_batch_size=run.config.batch_size, seed=seed, images_only=True)
+
+
+def _unlabeled_source(run: Run) -> Any:
+  """The unlabelled split, with each image's teacher targets when they are precomputed."""
+  c = run.config
+  source = run.source(c.unlabeled_split)
+  if c.loss.get("teacher_targets", "per_step") == "per_step":
+    return source
+  if run.targets is None:
+    norm = input_pipeline.image_size_and_normalization(c.input, source)
+    run.targets = teacher_targets.compute(
+        source, functools.partial(steps.teacher_outputs, teacher_models=run.teacher_models,
+                                  dtype=step_parallelism.compute_dtype(c),
+                                  flip_average=c.loss.get("teacher_flip_average", False)),
+        run.teacher_vars, run.mesh, image_size=tuple(norm["image_size"]), mean=norm["mean"],
+        std=norm["std"], batch_size=c.eval_batch_size)
+  return teacher_targets.WithTargets(source, run.targets)
 
 
 def _points_text(names: tuple[str, ...], points: Any) -> str:

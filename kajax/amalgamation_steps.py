@@ -20,6 +20,10 @@ teachers.
   unaugmented images, as sums that pool exactly over a split (:func:`branch_table`).
 * :func:`finetune_train_step` (step 4): the fixed-branch student, everything trainable.
 
+Targets: the training steps take the teachers' outputs from the batch when it carries them
+(``config.loss.teacher_targets='precomputed'``, ``kajax.teacher_targets``: computed once per
+unlabelled image) and run the teachers on the batch otherwise (:func:`step_targets`).
+
 Precision: modules compute in their ``dtype`` (``config.compute_dtype``; the teachers in the
 student's); parameters, optimiser state and BatchNorm statistics stay float32, and every output
 is cast to float32 before the losses (the teachers' KL targets included). Training steps take
@@ -37,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from kajax import optim, segnet, student_model, tasks
+from kajax import optim, segnet, student_model, tasks, teacher_targets
 from kajax.gates import ChannelGate
 
 # ℓ_t(student raw output, teacher raw output) -> scalar mean over all pixels of the batch
@@ -76,6 +80,25 @@ def teacher_outputs(teachers: Mapping[str, Any], images: jax.Array,
       plain, mirrored = jnp.split(jax.lax.stop_gradient(out).astype(jnp.float32), 2)
       targets[task] = 0.5 * (plain + tasks.get(task).mirror_raw(mirrored))
   return targets
+
+
+def student_inputs(batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+  """What an amalgamation step reads of a batch: the images and, when precomputed
+  (``kajax.teacher_targets``), the teachers' targets and the per-image mirror flags."""
+  return {k: v for k, v in batch.items()
+          if k in ("image", "flip") or k.startswith(teacher_targets.PREFIX)}
+
+
+def step_targets(micro: Mapping[str, jax.Array], teachers: Mapping[str, Any],
+                 teacher_models: Sequence[Any], dtype: Any, flip_average: bool
+                 ) -> dict[str, jax.Array]:
+  """Y_t of a (micro-)batch: its precomputed targets when it carries them, else the
+  teachers run now (:func:`teacher_outputs`)."""
+  names = [t for model in teacher_models for t in model.tasks]
+  cached = teacher_targets.batch_targets(micro, names)
+  if cached is not None:
+    return cached
+  return teacher_outputs(teachers, micro["image"], teacher_models, dtype, flip_average)
 
 
 def draw_branch_points(rng: jax.Array, step: jax.Array, num_teachers: int, num_steps: int,
@@ -206,7 +229,7 @@ def block_train_step(state: optim.TrainState, teachers: Mapping[str, Any],
 
   def micro_step(micro):
     images = micro["image"]
-    targets = teacher_outputs(teachers, images, teacher_models, trunk.dtype, teacher_flip)
+    targets = step_targets(micro, teachers, teacher_models, trunk.dtype, teacher_flip)
 
     def loss_of(params):
       if block_path == "all_blocks":
@@ -227,7 +250,7 @@ def block_train_step(state: optim.TrainState, teachers: Mapping[str, Any],
         state.params)
     return grads, stats, {"loss": loss, **{f"loss_{t}": l for t, l in per_task.items()}}
 
-  grads, batch_stats, metrics = optim.accumulate(micro_step, {"image": batch["image"]},
+  grads, batch_stats, metrics = optim.accumulate(micro_step, student_inputs(batch),
                                                  grad_accum_steps)
   state, metrics = _finish(state, grads, batch_stats, metrics, tx, axis_name)
   metrics.update({f"k_{m.name}": ks[g] for g, m in enumerate(teacher_models)})
@@ -301,7 +324,7 @@ def finetune_train_step(state: optim.TrainState, teachers: Mapping[str, Any],
 
   def micro_step(micro):
     images = micro["image"]
-    targets = teacher_outputs(teachers, images, teacher_models, model.dtype, teacher_flip)
+    targets = step_targets(micro, teachers, teacher_models, model.dtype, teacher_flip)
 
     def loss_of(params):
       (outputs, _), mutated = model.apply(
@@ -315,6 +338,6 @@ def finetune_train_step(state: optim.TrainState, teachers: Mapping[str, Any],
         state.params)
     return grads, stats, {"loss": loss, **{f"loss_{t}": l for t, l in per_task.items()}}
 
-  grads, batch_stats, metrics = optim.accumulate(micro_step, {"image": batch["image"]},
+  grads, batch_stats, metrics = optim.accumulate(micro_step, student_inputs(batch),
                                                  grad_accum_steps)
   return _finish(state, grads, batch_stats, metrics, tx, axis_name)

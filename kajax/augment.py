@@ -7,6 +7,14 @@ with the same parameters so targets stay aligned with the pixels: the image is r
 bilinearly, label/depth/normals by nearest neighbour (labels keep their class ids, depth is not
 averaged across object borders, normals keep unit length). Colour jitter touches the image only.
 
+Precomputed teacher targets (``config.loss.teacher_targets='precomputed'``,
+``kajax.teacher_targets``) travel with the image as float arrays (h,w,C) under keys starting
+with ``TEACHER_TARGET_PREFIX``, at their own resolution: they are zoomed and cropped with the
+image (nearest neighbour, the same window in relative coordinates) but *not* mirrored, and
+colour jitter does not reach them. Whenever such keys are present the example also carries
+``flip`` (bool): the training step mirrors the targets with the task's own rule
+(``kajax.tasks`` ``mirror_raw``; normals negate x), which the host cannot know.
+
 Randomness comes only from the ``np.random.Generator`` passed in (grain's ``random_map`` seeds
 it from the pipeline seed and the element index), so an example's augmentation is reproducible.
 """
@@ -25,6 +33,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # ITU-R BT.601 luma weights, as used by common colour-jitter implementations.
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 TARGET_KEYS = ("label", "depth", "normals")
+# Keys of precomputed teacher outputs ("teacher_target_seg", ...; kajax.teacher_targets).
+TEACHER_TARGET_PREFIX = "teacher_target_"
 DEPTH_SCALE_MODES = ("keep", "divide")
 
 
@@ -168,7 +178,20 @@ def resample(example: Mapping[str, np.ndarray], box: tuple[float, float, float, 
       out[key] = np.asarray(example[key]).take(rows, axis=0).take(cols, axis=1)
   if flip and "normals" in out:
     out["normals"][..., 0] *= -1
+  for key in _teacher_target_keys(example):
+    # The same window at the map's own resolution; left unmirrored (module docstring).
+    tmap = np.asarray(example[key])
+    fy, fx = tmap.shape[0] / src_h, tmap.shape[1] / src_w
+    out[key] = tmap.take(_nearest_indices(top * fy, bottom * fy, h, tmap.shape[0]), axis=0
+                         ).take(_nearest_indices(left * fx, right * fx, w, tmap.shape[1]),
+                                axis=1)
+  if _teacher_target_keys(example):
+    out["flip"] = np.bool_(flip)
   return out
+
+
+def _teacher_target_keys(example: Mapping[str, Any]) -> list[str]:
+  return [k for k in example if k.startswith(TEACHER_TARGET_PREFIX)]
 
 
 def color_jitter(image: np.ndarray, factors: tuple[float, float, float]) -> np.ndarray:
@@ -204,14 +227,18 @@ def _finish(example: dict[str, np.ndarray], mean, std) -> dict[str, np.ndarray]:
   out = {"image": normalize(example["image"], mean, std)}
   if "label" in example:
     out["label"] = np.ascontiguousarray(example["label"], np.int32)
-  for key in ("depth", "normals"):
+  for key in ("depth", "normals", *_teacher_target_keys(example)):
     if key in example:
       out[key] = np.ascontiguousarray(example[key], np.float32)
+  if "flip" in example:
+    out["flip"] = np.bool_(example["flip"])
   return out
 
 
 def _select(example: Mapping[str, Any], images_only: bool) -> dict[str, np.ndarray]:
   keys = ("image",) if images_only else ("image",) + TARGET_KEYS
+  # Teacher targets are not labels: an images-only (student) pipeline keeps them.
+  keys += tuple(_teacher_target_keys(example))
   return {k: np.asarray(example[k]) for k in keys if k in example}
 
 
