@@ -140,9 +140,9 @@ def test_long_variant_trains_longer_and_changes_nothing_else(name):
         (short_run.teachers[t].train_config, long_run.teachers[t].train_config)
         for t in short_run.teachers if short_run.teachers[t].train_config is not None]
     for short_teacher, long_teacher in teacher_pairs:
-      # Four times the labelled images, through the batch (see config_blocks.rooms_teacher).
+      # Twice the labelled images (see config_blocks.rooms_teacher).
       assert (long_teacher.num_steps * long_teacher.batch_size
-              == 4 * short_teacher.num_steps * short_teacher.batch_size)
+              == 2 * short_teacher.num_steps * short_teacher.batch_size)
       assert long_teacher.seed == 3
       steps = {"num_steps", "batch_size"}
       assert _without(short_teacher, steps) == _without(long_teacher, steps)
