@@ -2,9 +2,9 @@
 
 ``config.loss.teacher_targets``:
 
-* ``'per_step'`` (default): every amalgamation step runs each teacher on the step's augmented
-  images (``kajax.amalgamation_steps.teacher_outputs``).
-* ``'precomputed'``: before the block-wise phase, each teacher runs once over the unlabelled
+* ``'per_step'`` (the paper; ``configs/nyu.py``): every amalgamation step runs each teacher on
+  the step's augmented images (``kajax.amalgamation_steps.teacher_outputs``).
+* ``'precomputed'`` (the synthetic-rooms configs): before the block-wise phase, each teacher runs once over the unlabelled
   split at the training base resolution (unaugmented; flip-averaged when
   ``loss.teacher_flip_average`` is on) and the outputs are kept in host memory (float32).
   Training examples then carry their image's targets, zoomed and cropped with the image by
@@ -16,9 +16,10 @@ What changes: a zoomed view's target is the teacher's full-image output resample
 neighbour), not the teacher's answer on the zoomed view, and colour jitter no longer reaches
 the teacher -- the student learns to give the clean image's answer on a jittered one. The
 memory is N x H x W x (sum of the teachers' output channels) x 4 bytes (the demo: 1,000
-images x 96x128 x 14 channels = 688 MB), so this is for splits that fit in RAM. Every
-process computes the whole table (the teachers' inference over the split, with the same
-compiled program on every process), so a multi-host run needs no extra exchange.
+images x 96x128 x 14 channels = 688 MB), so this is for splits that fit in RAM. The
+inference batches are split over the device mesh like training batches and the outputs
+gathered back to every device, so in a multi-host run every process ends with the whole table
+and its input pipeline needs nothing else.
 """
 
 from __future__ import annotations
