@@ -4,9 +4,10 @@
 
 * ``'per_step'`` (the paper; ``configs/nyu.py``): every amalgamation step runs each teacher on
   the step's augmented images (``kajax.amalgamation_steps.teacher_outputs``).
-* ``'precomputed'`` (the synthetic-rooms configs): before the block-wise phase, each teacher runs once over the unlabelled
-  split at the training base resolution (unaugmented; flip-averaged when
-  ``loss.teacher_flip_average`` is on) and the outputs are kept in host memory (float32).
+* ``'precomputed'`` (the synthetic-rooms configs): before the block-wise phase, each teacher
+  runs once over the unlabelled split at the training base resolution (unaugmented;
+  flip-averaged when ``loss.teacher_flip_average`` is on) and the outputs are kept in host
+  memory (float32).
   Training examples then carry their image's targets, zoomed and cropped with the image by
   ``kajax.augment`` and mirrored on the device (:func:`batch_targets`); the steps skip the
   teachers' forward passes (about a third of a fine-tuning step's FLOPs with flip-averaged
@@ -79,7 +80,8 @@ def compute(source: Any, outputs_fn: Callable[[Any, jax.Array], Mapping[str, jax
   (``amalgamation_steps.teacher_outputs`` with the run's models, dtype and flip averaging).
   Images are resized to ``image_size`` (None: the source's own, which must then be one size)
   and normalised exactly as in evaluation; ``batch_size`` images per forward pass (rounded up
-  to a multiple of the mesh's devices; the last batch is padded); a progress line is logged every tenth of the split.
+  to a multiple of the mesh's devices; the last batch is padded); a progress line is logged
+  every tenth of the split.
   """
   n = len(source)
   # The batch is split over the mesh like a training batch and the outputs gathered back to
