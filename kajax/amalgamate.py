@@ -184,13 +184,11 @@ def _unlabeled_source(run: Run) -> Any:
   if c.loss.get("teacher_targets", "per_step") == "per_step":
     return source
   if run.targets is None:
-    norm = input_pipeline.image_size_and_normalization(c.input, source)
     run.targets = teacher_targets.compute(
         source, functools.partial(steps.teacher_outputs, teacher_models=run.teacher_models,
                                   dtype=step_parallelism.compute_dtype(c),
                                   flip_average=c.loss.get("teacher_flip_average", False)),
-        run.teacher_vars, run.mesh, image_size=tuple(norm["image_size"]), mean=norm["mean"],
-        std=norm["std"], batch_size=c.eval_batch_size)
+        run.teacher_vars, run.mesh, input_config=c.input, batch_size=c.eval_batch_size)
   return teacher_targets.WithTargets(source, run.targets)
 
 

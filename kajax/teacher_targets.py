@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kajax import augment, multihost, parallel, tasks
+from kajax import augment, input_pipeline, multihost, parallel, tasks
 
 MODES = ("per_step", "precomputed")
 PREFIX = augment.TEACHER_TARGET_PREFIX
@@ -71,49 +71,63 @@ class WithTargets:
 
 
 def compute(source: Any, outputs_fn: Callable[[Any, jax.Array], Mapping[str, jax.Array]],
-            teacher_vars: Any, mesh: Any, *, image_size: tuple[int, int] | None,
-            mean: Sequence[float], std: Sequence[float], batch_size: int
+            teacher_vars: Any, mesh: Any, *, input_config: Any, batch_size: int
             ) -> dict[str, np.ndarray]:
   """Every teacher's outputs on every image of ``source``: {task: (N, H, W, C) float32}.
 
   ``outputs_fn(teacher_vars, images)`` is what a training step would compute as its targets
   (``amalgamation_steps.teacher_outputs`` with the run's models, dtype and flip averaging).
-  Images are resized to ``image_size`` (None: the source's own, which must then be one size)
-  and normalised exactly as in evaluation; ``batch_size`` images per forward pass (rounded up
-  to a multiple of the mesh's devices; the last batch is padded); a progress line is logged
-  every tenth of the split.
+  The images come through the evaluation pipeline (``input_pipeline.make_eval_iterator``:
+  resized to the base resolution of ``input_config`` -- the source's own when it sets none --
+  and normalised as in evaluation), ``batch_size`` images per global batch (rounded up to a
+  multiple of the mesh's devices), each process reading its own shard. A progress line is
+  logged every tenth of the split.
   """
   n = len(source)
-  # The batch is split over the mesh like a training batch and the outputs gathered back to
-  # every device, so each process ends with the whole table.
-  fn = jax.jit(outputs_fn, out_shardings=parallel.replicated(mesh))
-  sharding = parallel.batch_sharding(mesh)
+  config = dict(input_config or {})
+  # One resolution for the whole table (the training pipeline's base resolution).
+  config["image_size"] = tuple(
+      input_pipeline.image_size_and_normalization(input_config, source)["image_size"])
   batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size
+  # Every process's rows are gathered back to every device: each process ends with the whole
+  # table, and its training pipeline needs nothing else.
+  fn = jax.jit(outputs_fn, out_shardings=parallel.replicated(mesh))
+  count = jax.process_count()
+  local = input_pipeline.local_batch_size(batch_size, count)
   table: dict[str, np.ndarray] = {}
-  size = None
-  next_report = 0
-  for start in range(0, n, batch_size):
-    rows = range(start, min(n, start + batch_size))
-    images = [augment.eval_transform(source[i], image_size=image_size, images_only=True,
-                                     mean=mean, std=std)["image"] for i in rows]
-    shapes = {im.shape for im in images} | ({size} if size else set())
-    if len(shapes) > 1:
-      raise ValueError(
-          f"--config.loss.teacher_targets='precomputed' needs every image at one size, but "
-          f"the unlabelled split has {sorted(shapes)}; set --config.input.image_size.")
-    size = images[0].shape
-    host = np.zeros((batch_size,) + size, np.float32)
-    host[:len(images)] = np.stack(images)
-    batch = jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
-    out = jax.device_get(fn(teacher_vars, batch))
+  done, next_report = 0, 0
+  batches = input_pipeline.make_eval_iterator(source, config, global_batch_size=batch_size,
+                                              images_only=True)
+  for number, batch in enumerate(batches):
+    out = jax.device_get(fn(teacher_vars, parallel.global_batch({"image": batch["image"]},
+                                                                mesh)["image"]))
+    rows = global_rows(number, n, local, count)
+    real = rows >= 0
     for t, value in out.items():
       if t not in table:
         table[t] = np.zeros((n,) + value.shape[1:], STORAGE_DTYPE)
-      table[t][start:start + len(images)] = value[:len(images)]
-    if start + len(images) >= next_report:
-      multihost.log("Teacher targets: %d / %d images", start + len(images), n)
+      table[t][rows[real]] = value[real]
+    done += int(real.sum())
+    if done >= next_report:
+      multihost.log("Teacher targets: %d / %d images", done, n)
       next_report += max(1, n // 10)
+  if done != n:  # Cannot happen unless the evaluation pipeline's sharding changes.
+    raise RuntimeError(f"Teacher targets computed for {done} of {n} images.")
   return table
+
+
+def global_rows(batch_number: int, num_examples: int, local_batch: int,
+                process_count: int) -> np.ndarray:
+  """The example index of every row of a global evaluation batch (-1 for padding).
+
+  ``input_pipeline.make_dataset(train=False)`` gives process p the examples p, p + P,
+  p + 2P, ... (P processes) in batches of ``local_batch``, padded at the end; a global batch
+  stacks the processes' batches in process order.
+  """
+  process = np.repeat(np.arange(process_count), local_batch)
+  position = batch_number * local_batch + np.tile(np.arange(local_batch), process_count)
+  example = process + process_count * position
+  return np.where(example < num_examples, example, -1)
 
 
 def batch_targets(batch: Mapping[str, jax.Array], task_names: Sequence[str]

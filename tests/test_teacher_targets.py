@@ -71,8 +71,7 @@ def test_precomputed_targets_equal_the_per_step_teachers(three_teachers):
   outputs_fn = functools.partial(steps.teacher_outputs, teacher_models=models,
                                  flip_average=True)
   teacher_vars = parallel.replicate(variables, mesh)
-  table = teacher_targets.compute(source, outputs_fn, teacher_vars, mesh, image_size=None,
-                                  mean=augment.IMAGENET_MEAN, std=augment.IMAGENET_STD,
+  table = teacher_targets.compute(source, outputs_fn, teacher_vars, mesh, input_config={},
                                   batch_size=10)  # rounded up to 16: two batches, one padded
   assert {t: a.shape for t, a in table.items()} == {
       "seg": (24, 32, 48, 13), "depth": (24, 32, 48, 1), "normals": (24, 32, 48, 3)}
@@ -101,3 +100,25 @@ def test_wrong_sizes_and_modes_are_refused():
     teacher_targets.check_mode("bogus")
   with pytest.raises(ValueError, match="cover .* images; the source has 3"):
     teacher_targets.WithTargets([{}] * 3, {"seg": np.zeros((2, 4, 4, 13))})
+
+
+@pytest.mark.parametrize("num_examples,local_batch,processes", [(11, 2, 2), (7, 4, 3), (5, 8, 1)])
+def test_global_rows_follow_the_evaluation_pipelines_process_shards(num_examples, local_batch,
+                                                                    processes):
+  """Rows of each process's evaluation batches, read back from the pipeline itself (image i
+  is filled with the value i), stacked in process order, are the rows ``global_rows`` names."""
+  source = [{"image": np.full((4, 4, 3), i, np.uint8)} for i in range(num_examples)]
+  config = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0), "num_threads": 1}
+  per_process = [list(input_pipeline.make_eval_iterator(
+      source, config, global_batch_size=local_batch * processes, images_only=True,
+      process_index=p, process_count=processes)) for p in range(processes)]
+  assert len({len(b) for b in per_process}) == 1  # every process runs as many batches
+  seen = []
+  for number, batches in enumerate(zip(*per_process)):
+    values = np.concatenate([np.rint(b["image"][:, 0, 0, 0] * 255) for b in batches])
+    masks = np.concatenate([b["mask"] for b in batches])
+    expected = np.where(masks, values, -1).astype(int)
+    rows = teacher_targets.global_rows(number, num_examples, local_batch, processes)
+    np.testing.assert_array_equal(rows, expected)
+    seen.extend(rows[rows >= 0])
+  assert sorted(seen) == list(range(num_examples))  # each example exactly once
