@@ -335,7 +335,15 @@ def rooms_student(tasks, teachers, args=ConfigArgs()):
   c = amalgamation_config(
       tasks, "synthetic_rooms/small", unlabeled_split="unlabeled",
       branch_split="validation", test_split="test", block_steps=300, finetune_steps=1000,
-      batch_size=8, learning_rate=5e-4, input_cfg=input_config(scale_range=(1.0, 1.25)))
+      batch_size=8, learning_rate=5e-4, input_cfg=input_config(scale_range=(1.0, 1.0)))
+  # No zoom-in and berHu depth projection, chosen together on validation (the demo's three
+  # seeds' teachers, one student each; 2026-12-02): against zoom-in (1, 1.25) with L1, mIoU
+  # +0.6 +- 0.1 points and depth RMSE -0.021 +- 0.016 m (-3.2%), better in every seed. A
+  # zoom keeps the metric depth target but makes the room look closer, as for the depth
+  # teacher; berHu weighs the large errors RMSE counts most. One seed each: zoom off alone
+  # -2.6% RMSE, berHu alone -2.0%, mIoU equal.
+  if "depth" in c.loss.kinds:
+    c.loss.kinds["depth"] = "berhu"
   # Chosen on validation: flip-averaged predictions of the 500-step teachers score +1.3 mIoU
   # points and -2.8% depth RMSE over their plain predictions.
   c.loss.teacher_flip_average = True
