@@ -34,6 +34,7 @@ def _numpy_weight_gradient(x, dy, kh, kw, padding):
     ((3, 3), ((0, 0), (0, 0))),
     ((3, 3), ((2, 0), (1, 2))),
     ((1, 3), ((0, 0), (1, 1))),
+    ((3, 2), ((3, 1), (0, 2))),  # padding wider than the kernel on one side
 ])
 def test_weight_gradient_matches_numpy_sum_over_pixels(kernel_hw, padding):
   rng = np.random.default_rng(0)
