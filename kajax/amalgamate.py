@@ -30,7 +30,7 @@ import numpy as np
 from etils import epath
 
 from kajax import (amalgamation_steps as steps, branch_search, checkpointing, data_sources,
-                   export, input_pipeline, multihost, optim, parallel, results,
+                   export, host_memory, input_pipeline, multihost, optim, parallel, results,
                    step_parallelism, storage, student_init, student_model, student_spec, tasks,
                    teacher_setup, teacher_targets, train_teacher, training_logs, training_loop)
 
@@ -394,9 +394,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       _checkpointer(run, "finetune").latest_step() is not None)
   searched = multihost.broadcast_decision(branch_search.load_result(workdir) is not None)
   trunk_variables = None
+  # host_memory.release() after each phase: a finished phase's executable and buffers would
+  # otherwise stay resident through the next one (module docstring of host_memory).
   if not searched:
     trunk_variables = block_phase(run)
+    host_memory.release()
     points, _ = branch_phase(run, trunk_variables)
+    host_memory.release()
   else:
     search = branch_search.load_result(workdir)
     points = check_recorded_search(config, run.teacher_names, search, workdir)
@@ -404,7 +408,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if not finetune_started:
       # Restores the finished block phase's last checkpoint; runs no further step.
       trunk_variables = block_phase(run)
+      host_memory.release()
   variables = finetune_phase(run, points, trunk_variables)
+  del trunk_variables
+  host_memory.release()
   student_dir = export.save_student(
       storage.join(workdir, "student"), run.spec, points, variables,
       input_pipeline.image_size_and_normalization(config.input,

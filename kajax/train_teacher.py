@@ -19,9 +19,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from kajax import (checkpointing, data_sources, evaluation, input_pipeline, multihost, optim,
-                   parallel, segnet, step_parallelism, storage, tasks, teacher_files,
-                   training_logs, training_loop)
+from kajax import (checkpointing, data_sources, evaluation, host_memory, input_pipeline,
+                   multihost, optim, parallel, segnet, step_parallelism, storage, tasks,
+                   teacher_files, training_logs, training_loop)
 
 
 def build_model(config: ml_collections.ConfigDict) -> segnet.SegNet:
@@ -174,6 +174,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                                                       config.num_steps))
   ckpt.close()
   train_seconds = time.time() - t0
+  host_memory.release()  # the training step's buffers, before evaluation compiles its own
 
   results = evaluation.evaluate_model(
       lambda v, x: model.apply(v, x, train=False)[0].astype(jnp.float32), state.variables,

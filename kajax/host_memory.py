@@ -1,0 +1,48 @@
+"""Hands host memory back to the operating system between the phases of a run.
+
+Two things keep a finished phase's memory resident on a CPU host, measured on a full-size
+NYUv2 amalgamation (``kajax.main`` on ``configs/nyu.py``, batch 8; README "Speed"):
+
+* reference cycles. A grain iterator that has run out keeps the ``StopIteration`` it saw, with
+  its traceback, whose frames reach the loop that consumed it, and with them the phase's
+  jitted function and its compiled executable. Python's cycle collector frees them only when
+  its allocation counters say so: after the branch search ~1.7 GB stayed resident until an
+  explicit ``gc.collect()``.
+* glibc's allocator. XLA's buffers below glibc's mmap threshold come from malloc arenas; when
+  they are freed, glibc keeps the pages for reuse (1.2 GB after the block-wise phase).
+  ``malloc_trim(0)`` returns every whole free page to the system.
+
+:func:`release` does both. It is cheap next to a phase (tens of milliseconds) and does nothing
+but collect garbage on a C library without ``malloc_trim`` (macOS, musl).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import gc
+
+
+@functools.cache
+def _malloc_trim():
+  """glibc's ``malloc_trim``, or None where the C library has none."""
+  name = ctypes.util.find_library("c")
+  try:
+    return getattr(ctypes.CDLL(name), "malloc_trim") if name else None
+  except (OSError, AttributeError):
+    return None
+
+
+def release() -> bool:
+  """Collects reference cycles, then asks glibc to return free heap pages to the system.
+
+  Returns:
+    Whether ``malloc_trim`` ran (False on C libraries without it).
+  """
+  gc.collect()
+  trim = _malloc_trim()
+  if trim is None:
+    return False
+  trim(0)
+  return True
