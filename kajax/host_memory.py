@@ -12,8 +12,9 @@ NYUv2 amalgamation (``kajax.main`` on ``configs/nyu.py``, batch 8; README "Speed
   they are freed, glibc keeps the pages for reuse (1.2 GB after the block-wise phase).
   ``malloc_trim(0)`` returns every whole free page to the system.
 
-:func:`release` does both. It takes ~0.1 s with kajax loaded (measured), nothing next to a
-phase, and only collects garbage on a C library without ``malloc_trim`` (macOS, musl).
+:func:`release` does both. It takes 0.3-0.5 s in a run's process (measured: the collection
+is most of it), nothing next to a phase, and only collects garbage on a C library without
+``malloc_trim`` (macOS, musl).
 """
 
 from __future__ import annotations
