@@ -91,7 +91,45 @@ def run(spec: PhaseSpec) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------- kajax
 
+@dataclasses.dataclass
+class KajaxStep:
+  """A phase's compiled kajax step and what it is called with."""
+  compiled: Any  # jax.stages.Compiled
+  args: tuple
+  stateful: bool  # the first argument is a train state the step returns updated
+  compile_s: float
+
+  def make_runner(self) -> Callable[[int], Any]:
+    """``run(i)``: one step (threading the state through), waiting for its result."""
+    import jax  # pylint: disable=g-import-not-at-top
+    holder = {"args": self.args}
+
+    def run_step(_):
+      out = self.compiled(*holder["args"])
+      if self.stateful:
+        holder["args"] = (out[0],) + holder["args"][1:]
+      jax.block_until_ready(out)
+      return out
+    return run_step
+
+
 def _run_kajax(spec: PhaseSpec) -> dict[str, Any]:
+  step = build_kajax_step(spec)
+  cost = step.compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  run_step = step.make_runner()
+  _time_steps(run_step, 0, spec.warmup)
+  walls, cpus = _time_steps(run_step, spec.warmup, spec.steps)
+  ks_info = None
+  if spec.phase == "block":
+    ks_info = drawn_branch_points(spec.warmup + spec.steps)[spec.warmup:]
+  return {"compile_s": step.compile_s, "step_s": walls, "cpu_s": cpus,
+          "xla_flops": float((cost or {}).get("flops", float("nan"))),
+          "branch_points_timed": ks_info}
+
+
+def build_kajax_step(spec: PhaseSpec) -> KajaxStep:
+  """Builds and compiles kajax's step of ``spec.phase`` on random weights and data."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
@@ -127,7 +165,6 @@ def _run_kajax(spec: PhaseSpec) -> dict[str, Any]:
       {"name": "adam", "learning_rate": 1e-4, "weight_decay": 1e-4, "schedule": "cosine"}),
       SCHEDULE_STEPS)
   rng = jax.random.key(0)
-  ks_info = None
 
   if spec.phase == "teacher_inference":
     fn = jax.jit(lambda v, x: modules[0].apply(v, x, train=False)[0],
@@ -162,25 +199,7 @@ def _run_kajax(spec: PhaseSpec) -> dict[str, Any]:
 
   t0 = time.perf_counter()
   compiled = fn.lower(*args).compile()
-  compile_s = time.perf_counter() - t0
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  holder = {"args": args}
-
-  def run_step(_):
-    out = compiled(*holder["args"])
-    if stateful:
-      holder["args"] = (out[0],) + holder["args"][1:]
-    jax.block_until_ready(out)
-    return out
-
-  _time_steps(run_step, 0, spec.warmup)
-  walls, cpus = _time_steps(run_step, spec.warmup, spec.steps)
-  if spec.phase == "block":
-    ks_info = drawn_branch_points(spec.warmup + spec.steps)[spec.warmup:]
-  return {"compile_s": compile_s, "step_s": walls, "cpu_s": cpus,
-          "xla_flops": float((cost or {}).get("flops", float("nan"))),
-          "branch_points_timed": ks_info}
+  return KajaxStep(compiled, args, stateful, time.perf_counter() - t0)
 
 
 def _random_variables(module, seed: int) -> dict:
