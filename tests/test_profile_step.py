@@ -77,3 +77,13 @@ def test_innermost_drops_events_that_contain_others_on_the_same_thread():
   nested = [OpEvent("while", 0, 10), OpEvent("cond", 0, 8), OpEvent("a", 2, 2),
             OpEvent("b", 4, 2)]
   assert [e.name for e in profile_step.innermost(nested)] == ["a", "b"]
+
+
+def test_thread_operations_keep_an_operation_around_its_thread_pool_wait():
+  # YNNPACK records its wait for worker threads inside the operation's own event; the
+  # executor's events wrap everything. Only the operations remain, with their full time.
+  events = [OpEvent("ThunkExecutor::Execute", 0, 100), OpEvent("ynn_fusion.4", 10, 50),
+            OpEvent("SlinkyThreadPool::Await", 40, 15), OpEvent("end: ynn_fusion.4", 60, 0),
+            OpEvent("copy.2", 70, 5)]
+  kept = profile_step.thread_operations(events)
+  assert [(e.name, e.duration_ns) for e in kept] == [("ynn_fusion.4", 50), ("copy.2", 5)]

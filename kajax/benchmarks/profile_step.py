@@ -46,8 +46,9 @@ from absl import flags
 from kajax import cli
 from kajax.benchmarks import step_runners
 
-# Bookkeeping events of XLA's CPU runtime, not operations.
-_NOT_OPERATIONS = ("ThunkExecutor", "ThreadpoolListener", "end: ")
+# Bookkeeping events of XLA's CPU runtime, not operations (a YNNPACK operation that uses
+# several threads records 'SlinkyThreadPool::Await' inside its own event).
+_NOT_OPERATIONS = ("ThunkExecutor", "ThreadpoolListener", "SlinkyThreadPool", "end: ")
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> dict[str, flags.FlagHolder]:
@@ -130,6 +131,11 @@ def innermost(events: Sequence[OpEvent]) -> list[OpEvent]:
   return [e for i, e in enumerate(ordered) if i not in containers]
 
 
+def thread_operations(events: Iterable[OpEvent]) -> list[OpEvent]:
+  """The operations among one XLA thread's events: no bookkeeping, innermost only."""
+  return innermost([e for e in events if not e.name.startswith(_NOT_OPERATIONS)])
+
+
 def read_operations(trace_dir: str) -> list[OpEvent]:
   """The operations XLA's CPU runtime recorded in the trace under ``trace_dir``."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -142,8 +148,8 @@ def read_operations(trace_dir: str) -> list[OpEvent]:
     for line in plane.lines:
       if not line.name.startswith("tf_XLA"):
         continue
-      ops += innermost([OpEvent(ev.name, int(ev.start_ns), int(ev.duration_ns))
-                        for ev in line.events if not ev.name.startswith(_NOT_OPERATIONS)])
+      ops += thread_operations(OpEvent(ev.name, int(ev.start_ns), int(ev.duration_ns))
+                               for ev in line.events)
   if not ops:
     raise ValueError(f"The trace in {trace_dir} holds no operations of XLA's CPU runtime "
                      "(threads 'tf_XLA...'); on GPU/TPU open it in a trace viewer instead.")
