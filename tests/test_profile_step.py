@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from kajax.benchmarks import profile_step
+from kajax.benchmarks import profile_step, step_runners
 from kajax.benchmarks.profile_step import OpEvent
 
 
@@ -87,3 +87,16 @@ def test_thread_operations_keep_an_operation_around_its_thread_pool_wait():
             OpEvent("copy.2", 70, 5)]
   kept = profile_step.thread_operations(events)
   assert [(e.name, e.duration_ns) for e in kept] == [("ynn_fusion.4", 50), ("copy.2", 5)]
+
+
+@pytest.mark.parametrize("flag_values, message", [
+    (("96-128", "3,1"), "must look like 96x128"),
+    (("16x128", "3,1"), "at least 32"),
+    (("96x128", "3;1"), "must look like 3,1"),
+    (("96x128", "3,5"), "in 0..4"),
+    (("96x128", "3"), "one per task"),
+])
+def test_benchmark_shape_flags_name_the_bad_value(flag_values, message):
+  with pytest.raises(ValueError, match=message):
+    step_runners.parse_shape_flags(*flag_values)
+  assert step_runners.parse_shape_flags("240X320", "3,1") == ((240, 320), (3, 1))

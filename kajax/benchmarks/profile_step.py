@@ -55,8 +55,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> dict[str, flags
   """Defines this tool's flags on ``flag_values`` (``kajax.cli`` style)."""
   fv = {"flag_values": flag_values}
   return {
-      "phase": flags.DEFINE_enum("phase", "teacher_train", list(step_runners.PHASES), "Step to profile.",
-                                 **fv),
+      "phase": flags.DEFINE_enum("phase", "teacher_train", list(step_runners.PHASES),
+                                 "Step to profile.", **fv),
       "resolution": flags.DEFINE_string("resolution", "96x128", "Image size HxW.", **fv),
       "width": flags.DEFINE_float("width", 0.125, "SegNet width multiplier (1 = VGG16-BN).",
                                   **fv),
@@ -191,11 +191,11 @@ def format_summary(summary: dict[str, Any], title: str) -> str:
 
 def run(args: Any) -> None:
   import jax  # pylint: disable=g-import-not-at-top
-  height, width = (int(v) for v in args.resolution.lower().split("x"))
-  spec = step_runners.PhaseSpec(
-      "kajax", args.phase, height, width, args.width, args.batch_size,
-      tuple(int(k) for k in args.branch_points.split(",")), args.steps, args.warmup,
-      dtype=args.dtype)
+  (height, width), points = step_runners.parse_shape_flags(args.resolution,
+                                                           args.branch_points)
+  spec = step_runners.PhaseSpec("kajax", args.phase, height, width, args.width,
+                                args.batch_size, points, args.steps, args.warmup,
+                                dtype=args.dtype)
   step = step_runners.build_kajax_step(spec)
   run_step = step.make_runner()
   for i in range(args.warmup):

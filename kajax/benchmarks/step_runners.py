@@ -47,6 +47,27 @@ class PhaseSpec:
     return self.framework == "kajax_baseline"
 
 
+def parse_shape_flags(resolution: str, branch_points: str) -> tuple[tuple[int, int],
+                                                                      tuple[int, ...]]:
+  """``--resolution=HxW`` and ``--branch_points=k1,k2`` of the benchmark commands."""
+  try:
+    h, w = (int(v) for v in resolution.lower().split("x"))
+  except ValueError:
+    raise ValueError(f"--resolution={resolution!r} must look like 96x128.") from None
+  if min(h, w) < 32:
+    raise ValueError(f"--resolution={resolution!r}: each side must be at least 32 (SegNet "
+                     "pools five times).")
+  try:
+    points = tuple(int(k) for k in branch_points.split(","))
+  except ValueError:
+    raise ValueError(f"--branch_points={branch_points!r} must look like 3,1 (one k per "
+                     "task).") from None
+  if len(points) != len(TASKS) or not all(0 <= k <= 4 for k in points):
+    raise ValueError(f"--branch_points={branch_points!r}: give {len(TASKS)} values in 0..4 "
+                     f"(one per task of {TASKS}).")
+  return (h, w), points
+
+
 def images(spec: PhaseSpec) -> np.ndarray:
   return np.random.default_rng(0).standard_normal(
       (spec.batch_size, spec.height, spec.width, 3)).astype(np.float32)

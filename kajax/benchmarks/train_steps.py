@@ -203,8 +203,7 @@ def run(args):
   res, width, batch, steps = args.resolution, args.width, args.batch_size, args.steps
   if args.quick:
     res, width, steps = "96x128", 0.25, 2
-  h, w = (int(v) for v in res.lower().split("x"))
-  points = tuple(int(k) for k in args.branch_points.split(","))
+  (h, w), points = step_runners.parse_shape_flags(res, args.branch_points)
   for flag, values, allowed in (("phases", args.phases, step_runners.PHASES),
                                 ("frameworks", args.frameworks, step_runners.FRAMEWORKS)):
     for name in values:
