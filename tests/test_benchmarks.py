@@ -6,9 +6,6 @@ weights (so the side-by-side benchmark times the same computation).
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +14,7 @@ import pytest
 
 from kajax import flops, segnet, student_model, student_spec, teacher_model
 from kajax.benchmarks import flop_count
-from tests import fakes
+from tests import benchmark_cli, fakes
 
 
 def _conv_flops_from_kernels(params, sizes):
@@ -106,14 +103,10 @@ def test_torch_reference_segnet_computes_kajax_segnet():
 def test_benchmark_cli_tiny_run_writes_json(tmp_path):
   pytest.importorskip("torch")
   out = tmp_path / "bench.json"
-  cmd = [sys.executable, "-m", "kajax.benchmarks.train_steps", "--resolution=32x64",
-         "--width=0.0625", "--batch_size=2", "--steps=1", "--warmup=0",
-         "--phases=teacher_inference,finetune", f"--json={out}"]
-  env = dict(os.environ, XLA_FLAGS="")  # one CPU device, as a user runs it
-  proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900,
-                        cwd=tmp_path, check=False)
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  assert "SUMMARY kajax/PyTorch images/s" in proc.stdout
+  stdout = benchmark_cli.run("train_steps", [
+      "--resolution=32x64", "--width=0.0625", "--batch_size=2", "--steps=1", "--warmup=0",
+      "--phases=teacher_inference,finetune", f"--json={out}"], cwd=tmp_path)
+  assert "SUMMARY kajax/PyTorch images/s" in stdout
   result = json.loads(out.read_text())
   for phase in ("teacher_inference", "finetune"):
     r = result["phases"][phase]

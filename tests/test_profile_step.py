@@ -1,14 +1,12 @@
 """kajax.benchmarks.profile_step: the trace summary's arithmetic, and a real trace read back."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 from kajax.benchmarks import profile_step, step_runners
 from kajax.benchmarks.profile_step import OpEvent
+from tests import benchmark_cli
 
 
 def test_concurrency_counts_overlapping_operations_by_hand():
@@ -47,14 +45,11 @@ def test_summarize_per_step_numbers_by_hand():
 def test_profile_of_a_real_step_is_consistent(tmp_path):
   """The CLI traces a small teacher step and reads XLA's own events back."""
   out = tmp_path / "profile.json"
-  cmd = [sys.executable, "-m", "kajax.benchmarks.profile_step", "--phase=teacher_train",
-         "--resolution=32x64", "--width=0.0625", "--batch_size=2", "--steps=2",
-         "--warmup=1", f"--json={out}", f"--trace_dir={tmp_path / 'trace'}"]
-  env = dict(os.environ, XLA_FLAGS="")  # one CPU device, as a user runs it
-  proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600,
-                        cwd=tmp_path, check=False)
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  assert "| operation group |" in proc.stdout
+  stdout = benchmark_cli.run("profile_step", [
+      "--phase=teacher_train", "--resolution=32x64", "--width=0.0625", "--batch_size=2",
+      "--steps=2", "--warmup=1", f"--json={out}", f"--trace_dir={tmp_path / 'trace'}"],
+      cwd=tmp_path, timeout=600)
+  assert "| operation group |" in stdout
   s = json.loads(out.read_text())
   levels = {int(k): v for k, v in s["concurrency_ms_per_step"].items()}
   # The levels partition the window, and level-weighted time is the operations' total.

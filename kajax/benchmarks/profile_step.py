@@ -38,7 +38,6 @@ import os
 import re
 import statistics
 import tempfile
-import time
 from typing import Any, Iterable, Sequence
 
 from absl import flags
@@ -198,13 +197,8 @@ def run(args: Any) -> None:
                                 dtype=args.dtype)
   step = step_runners.build_kajax_step(spec)
   run_step = step.make_runner()
-  for i in range(args.warmup):
-    run_step(i)
-  walls = []
-  for i in range(args.steps):
-    t0 = time.perf_counter()
-    run_step(i)
-    walls.append(time.perf_counter() - t0)
+  step_runners.time_steps(run_step, 0, args.warmup)
+  walls, _ = step_runners.time_steps(run_step, args.warmup, args.steps)
   with tempfile.TemporaryDirectory() as scratch:
     trace_dir = args.trace_dir or scratch
     with jax.profiler.trace(trace_dir):

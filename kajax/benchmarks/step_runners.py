@@ -91,8 +91,9 @@ def _peak_rss_bytes() -> int:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def _time_steps(run_step: Callable[[int], Any], first: int, count: int
-                ) -> tuple[list[float], list[float]]:
+def time_steps(run_step: Callable[[int], Any], first: int, count: int
+               ) -> tuple[list[float], list[float]]:
+  """Runs steps first..first+count-1 one by one; their wall and process CPU seconds."""
   walls, cpus = [], []
   for i in range(first, first + count):
     w, c = time.perf_counter(), time.process_time()
@@ -139,8 +140,8 @@ def _run_kajax(spec: PhaseSpec) -> dict[str, Any]:
   cost = step.compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   run_step = step.make_runner()
-  _time_steps(run_step, 0, spec.warmup)
-  walls, cpus = _time_steps(run_step, spec.warmup, spec.steps)
+  time_steps(run_step, 0, spec.warmup)
+  walls, cpus = time_steps(run_step, spec.warmup, spec.steps)
   ks_info = None
   if spec.phase == "block":
     ks_info = drawn_branch_points(spec.warmup + spec.steps)[spec.warmup:]
@@ -266,7 +267,7 @@ def _run_torch(spec: PhaseSpec) -> dict[str, Any]:
     opt = ref.make_adam(student.parameters())
     run_step = lambda _: ref.finetune_step(student, teachers, opt, x)  # noqa: E731
 
-  _time_steps(run_step, 0, spec.warmup)
-  walls, cpus = _time_steps(run_step, spec.warmup, spec.steps)
+  time_steps(run_step, 0, spec.warmup)
+  walls, cpus = time_steps(run_step, spec.warmup, spec.steps)
   return {"compile_s": 0.0, "step_s": walls, "cpu_s": cpus, "xla_flops": None,
           "branch_points_timed": ks_info}
