@@ -68,12 +68,9 @@ def test_training_flops_follow_forward_plus_two_gradients():
   assert blocks == teachers + 3 * trainable - 2 * 9 * 3 * 64 * 240 * 320 + 2 * frozen
 
 
-def test_torch_reference_segnet_computes_kajax_segnet():
-  torch = pytest.importorskip("torch")
-  from kajax.benchmarks import torch_reference  # pylint: disable=g-import-not-at-top
-  module, variables, _ = fakes.make_teacher("seg", 13, 0, width=1 / 16)
-  ref = torch_reference.frozen(torch_reference.SegNet(13, 1 / 16))
-  # Copy the weights layer by layer: torch's modules run in the same order as kajax's layers.
+def _copy_into_torch(torch, ref, variables):
+  """Copies kajax SegNet variables into ``torch_reference.SegNet`` layer by layer (torch's
+  modules run in the same order as kajax's layers)."""
   params, stats = variables["params"], variables["batch_stats"]
   layers = [(f"down{i + 1}", ref.down[i]) for i in range(5)]
   layers += [(f"up{i + 1}", ref.up[i]) for i in range(5)]
@@ -92,12 +89,70 @@ def test_torch_reference_segnet_computes_kajax_segnet():
             np.asarray(stats[name][f"layer{j}"]["bn"]["mean"]).copy())
         bns[j].running_var.data = torch.from_numpy(
             np.asarray(stats[name][f"layer{j}"]["bn"]["var"]).copy())
+
+
+def test_torch_reference_segnet_computes_kajax_segnet():
+  torch = pytest.importorskip("torch")
+  from kajax.benchmarks import torch_reference  # pylint: disable=g-import-not-at-top
+  module, variables, _ = fakes.make_teacher("seg", 13, 0, width=1 / 16)
+  ref = torch_reference.frozen(torch_reference.SegNet(13, 1 / 16))
+  _copy_into_torch(torch, ref, variables)
   x = np.random.default_rng(0).standard_normal((2, 32, 48, 3)).astype(np.float32)
   want = np.asarray(module.apply(variables, x, train=False)[0])
   with torch.no_grad():
     got = ref(torch.from_numpy(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
   assert sum(p.numel() for p in torch_reference.SegNet(13).parameters()) == 29_450_381
+
+
+def test_split_phases_compute_the_same_input_gradient_without_weight_gradients():
+  """'teacher_input_grad' in both frameworks is the gradient of the same training-mode loss
+  with respect to the image; XLA's cost analysis of kajax's counts two passes of the
+  network's FLOPs (forward and input gradients), not three: no weight gradient is computed."""
+  torch = pytest.importorskip("torch")
+  from kajax.benchmarks import step_runners, torch_reference  # pylint: disable=g-import-not-at-top
+  flops_of = {}
+  for phase in step_runners.SPLIT_PHASES:
+    # Batch 8: one image per fake device of the test session.
+    spec = step_runners.PhaseSpec("kajax", phase, 64, 96, 1 / 8, 8, (3, 1), 1, 0)
+    step = step_runners.build_kajax_step(spec)
+    cost = step.compiled.cost_analysis()
+    # XLA counts one device's share of the data-parallel step.
+    flops_of[phase] = (cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"] * (
+        jax.device_count())
+  image, variables, label = step.args
+  g = flop_count.Geometry(64, 96, 1 / 8)
+  forward = 8 * flop_count.teacher_forward(g, 13)  # per step of 8 images
+  assert flops_of["teacher_forward"] == pytest.approx(forward, rel=0.08)
+  assert flops_of["teacher_input_grad"] == pytest.approx(2 * forward, rel=0.08)
+  want = np.asarray(step.compiled(*step.args))
+  ref = torch_reference.SegNet(13, 1 / 8).train()
+  _copy_into_torch(torch, ref, jax.device_get(variables))
+  for p in ref.parameters():
+    p.requires_grad_(False)
+  got = torch_reference.teacher_pass(
+      ref, torch.from_numpy(np.array(image)).permute(0, 3, 1, 2).contiguous(),
+      torch.from_numpy(np.asarray(label, np.int64)), input_grad=True)
+  got = got.permute(0, 2, 3, 1).numpy()
+  np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3 * np.abs(want).max())
+
+
+def test_pass_split_subtracts_the_cumulative_phases():
+  from kajax.benchmarks import train_steps  # pylint: disable=g-import-not-at-top
+  times = {"teacher_forward": (2.0, 3.0), "teacher_input_grad": (5.0, 7.0),
+           "teacher_train": (10.0, 9.0)}  # (kajax, torch) seconds per step
+  phases = {n: {"kajax": {"median_s": k}, "torch": {"median_s": t}}
+            for n, (k, t) in times.items()}
+  split = train_steps.pass_split(phases)
+  assert split["kajax"] == {"forward_s": 2.0, "input_grad_s": 3.0,
+                            "weight_grad_and_update_s": 5.0, "train_s": 10.0}
+  assert split["torch"]["weight_grad_and_update_s"] == 2.0
+  # kajax's forward and input gradients (5 s) plus PyTorch's weight part (2 s): 9 / 7.
+  assert split["bound"] == pytest.approx(9 / 7)
+  # 1.3x needs 9 / 1.3 - 5 = 1.923 s of weight gradients, 0.96 of PyTorch's 2 s.
+  assert split["needed_for_1_3x"] == pytest.approx((9 / 1.3 - 5) / 2)
+  del phases["teacher_forward"]["torch"]
+  assert train_steps.pass_split(phases) is None
 
 
 def test_benchmark_cli_tiny_run_writes_json(tmp_path):

@@ -1,11 +1,13 @@
 """One timed phase of one framework, run in its own process by ``kajax.benchmarks.train_steps``.
 
-A phase is 'teacher_inference', 'teacher_train', 'block' or 'finetune'; a framework 'kajax',
-'torch' or 'kajax_baseline'. Each run builds the models on random weights and data (speed does
-not depend on the values), runs ``warmup`` steps (kajax: after compiling, timed separately),
-then times ``steps`` steps one by one (wall clock and process CPU time) and reports its peak
-resident memory. Both frameworks use the same images and, in the block-wise phase, the same branch
-points (drawn by kajax's own ``draw_branch_points`` from the same seed).
+A phase is 'teacher_inference', 'teacher_train', 'block' or 'finetune', or one of the two
+parts of a teacher training step, 'teacher_forward' and 'teacher_input_grad' (see
+``SPLIT_PHASES``); a framework 'kajax', 'torch' or 'kajax_baseline'. Each run builds the
+models on random weights and data (speed does not depend on the values), runs ``warmup``
+steps (kajax: after compiling, timed separately), then times ``steps`` steps one by one (wall
+clock and process CPU time) and reports its peak resident memory. Both frameworks use the
+same images and, in the block-wise phase, the same branch points (drawn by kajax's own
+``draw_branch_points`` from the same seed).
 """
 
 from __future__ import annotations
@@ -19,6 +21,12 @@ from typing import Any, Callable
 import numpy as np
 
 PHASES = ("teacher_inference", "teacher_train", "block", "finetune")
+# A teacher training step taken apart, cumulatively: its training-mode forward pass and loss
+# alone, then that plus the gradient with respect to the image only (every layer's input
+# gradient, no weight gradient). 'teacher_train' adds the weight gradients and Adam, so the
+# differences of the three time the passes separately (``train_steps.pass_split``).
+SPLIT_PHASES = ("teacher_forward", "teacher_input_grad")
+ALL_PHASES = PHASES + SPLIT_PHASES
 # kajax_baseline: kajax before the speed work (XLA's own convolution weight gradients and
 # default CPU scheduler, every trunk block and gate in the block-wise step).
 FRAMEWORKS = ("kajax", "torch", "kajax_baseline")
@@ -192,6 +200,15 @@ def build_kajax_step(spec: PhaseSpec) -> KajaxStep:
     fn = jax.jit(lambda v, x: modules[0].apply(v, x, train=False)[0],
                  compiler_options={} if spec.baseline else None)
     args, stateful = (teachers["seg"], batch["image"]), False
+  elif spec.phase in SPLIT_PHASES:
+    seg = modules[0]
+
+    def loss_of(image, v, label):
+      (out, _), _ = seg.apply(v, image, train=True, mutable=["batch_stats"])
+      return losses.seg_cross_entropy(out.astype(jnp.float32), label)
+    # The weights are arguments but not differentiated: XLA computes no weight gradient.
+    fn = jax.jit(loss_of if spec.phase == "teacher_forward" else jax.grad(loss_of))
+    args, stateful = (batch["image"], teachers["seg"], batch["label"]), False
   elif spec.phase == "teacher_train":
     state = parallel.replicate(optim.create_train_state(host_teachers["seg"], tx), mesh)
     fn = compile_step(functools.partial(
@@ -252,6 +269,12 @@ def _run_torch(spec: PhaseSpec) -> dict[str, Any]:
     def run_step(_):
       with torch.no_grad():
         return teachers[0](x)
+  elif spec.phase in SPLIT_PHASES:
+    model = ref.SegNet(NUM_OUTPUTS[0], w).train()
+    for p in model.parameters():
+      p.requires_grad_(False)
+    input_grad = spec.phase == "teacher_input_grad"
+    run_step = lambda _: ref.teacher_pass(model, x, y, input_grad)  # noqa: E731
   elif spec.phase == "teacher_train":
     model = ref.SegNet(NUM_OUTPUTS[0], w).train()
     opt = ref.make_adam(model.parameters())

@@ -201,6 +201,18 @@ def teacher_train_step(model: SegNet, opt, images, labels):
   return loss.detach()
 
 
+def teacher_pass(model: SegNet, images, labels, input_grad: bool):
+  """A training-mode forward pass and loss, and with ``input_grad`` the gradient with
+  respect to the images only (``model``'s parameters must not require gradients)."""
+  if not input_grad:
+    with torch.no_grad():
+      return F.cross_entropy(model(images), labels, ignore_index=255)
+  images = images.detach().requires_grad_(True)
+  loss = F.cross_entropy(model(images), labels, ignore_index=255)
+  (grad,) = torch.autograd.grad(loss, images)
+  return grad
+
+
 def frozen(module: nn.Module) -> nn.Module:
   """Eval mode (BN running statistics) and no parameter gradients: a teacher."""
   module.eval()

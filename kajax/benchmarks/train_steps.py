@@ -48,8 +48,11 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> dict[str, flags
       "warmup": flags.DEFINE_integer("warmup", 1, "Untimed steps after compilation.", **fv),
       "branch_points": flags.DEFINE_string("branch_points", "3,1",
                                            "Fine-tuning branch points (seg,depth).", **fv),
-      "phases": flags.DEFINE_list("phases", list(step_runners.PHASES), "Phases to time.",
-                                  **fv),
+      "phases": flags.DEFINE_list(
+          "phases", list(step_runners.PHASES),
+          f"Phases to time, of {', '.join(step_runners.ALL_PHASES)}. teacher_forward, "
+          "teacher_input_grad and teacher_train together split a teacher step by pass "
+          "(forward, input gradients, weight gradients + Adam) and bound the ratio.", **fv),
       "frameworks": flags.DEFINE_list(
           "frameworks", ["kajax", "torch"],
           "What to time: kajax, torch (the PyTorch reference), kajax_baseline (kajax before "
@@ -129,14 +132,56 @@ def _summarise(runs: list[dict], batch: int) -> dict:
 
 def _flops_per_image(phase: str, g: flop_count.Geometry, points, drawn) -> float:
   outs = step_runners.NUM_OUTPUTS
-  if phase == "teacher_inference":
+  if phase in ("teacher_inference", "teacher_forward"):
     return flop_count.teacher_forward(g, outs[0])
+  if phase == "teacher_input_grad":  # every layer's input gradient, the image's included
+    return 2 * flop_count.teacher_forward(g, outs[0])
   if phase == "teacher_train":
     return flop_count.teacher_train_step(g, outs[0])
   if phase == "finetune":
     return flop_count.finetune_step(g, points, outs)
   # Block-wise: the mean over the branch points drawn in the timed steps.
   return sum(flop_count.block_step(g, ks, outs) for ks in drawn) / len(drawn)
+
+
+def pass_split(phases: dict) -> dict | None:
+  """A teacher training step's time by pass, per framework, from the three teacher phases.
+
+  The forward pass (with the loss) is 'teacher_forward'; the input gradients are
+  'teacher_input_grad' minus that; the weight gradients and the Adam update are
+  'teacher_train' minus 'teacher_input_grad' (seconds per step, medians). ``bound`` is the
+  kajax/PyTorch images/s ratio of the training step if kajax's weight-gradient part took
+  exactly PyTorch's time and its other two parts stayed as measured; ``needed_for_1_3x`` the
+  kajax weight-gradient part that would give 1.3x, as a fraction of PyTorch's. None unless
+  all three phases ran in both frameworks.
+  """
+  names = ("teacher_forward", "teacher_input_grad", "teacher_train")
+  if not all(n in phases and "kajax" in phases[n] and "torch" in phases[n] for n in names):
+    return None
+  out = {}
+  for fw in ("kajax", "torch"):
+    fwd, inp, train = (phases[n][fw]["median_s"] for n in names)
+    out[fw] = {"forward_s": fwd, "input_grad_s": inp - fwd,
+               "weight_grad_and_update_s": train - inp, "train_s": train}
+  k, t = out["kajax"], out["torch"]
+  out["bound"] = t["train_s"] / (k["forward_s"] + k["input_grad_s"]
+                                 + t["weight_grad_and_update_s"])
+  out["needed_for_1_3x"] = ((t["train_s"] / 1.3 - k["forward_s"] - k["input_grad_s"])
+                            / t["weight_grad_and_update_s"])
+  return out
+
+
+def _pass_split_text(split: dict) -> str:
+  rows = ["| teacher step part | kajax s | PyTorch s | kajax/PyTorch time |", "|---|---|---|---|"]
+  for part, label in (("forward_s", "forward + loss"), ("input_grad_s", "input gradients"),
+                      ("weight_grad_and_update_s", "weight gradients + Adam"),
+                      ("train_s", "whole step")):
+    k, t = split["kajax"][part], split["torch"][part]
+    rows.append(f"| {label} | {k:.3f} | {t:.3f} | {k / t:.2f} |")
+  rows.append(f"PASS SPLIT: with PyTorch's weight-gradient time kajax's step would run at "
+              f"{split['bound']:.2f}x PyTorch's images/s; 1.3x needs kajax's weight-gradient "
+              f"part at {split['needed_for_1_3x']:.2f} of PyTorch's time")
+  return "\n".join(rows)
 
 
 def sizing(g: flop_count.Geometry, points, batch: int) -> dict:
@@ -204,7 +249,7 @@ def run(args):
   if args.quick:
     res, width, steps = "96x128", 0.25, 2
   (h, w), points = step_runners.parse_shape_flags(res, args.branch_points)
-  for flag, values, allowed in (("phases", args.phases, step_runners.PHASES),
+  for flag, values, allowed in (("phases", args.phases, step_runners.ALL_PHASES),
                                 ("frameworks", args.frameworks, step_runners.FRAMEWORKS)):
     for name in values:
       if name not in allowed:
@@ -251,6 +296,10 @@ def run(args):
         f"{p} {r['speedup_vs_baseline']:.2f}x" for p, r in results["phases"].items()
         if "speedup_vs_baseline" in r)
   print(f"SUMMARY kajax/PyTorch images/s: {summary or 'n/a (one framework)'}")
+  split = pass_split(results["phases"])
+  if split:
+    results["pass_split"] = split
+    print(_pass_split_text(split))
   if args.json:
     with open(args.json, "w") as f:
       json.dump(results, f, indent=2)
