@@ -176,6 +176,10 @@ def teacher_config(task, dataset, train_split, eval_split, *, width_multiplier, 
   c.depth_bins = ml_collections.ConfigDict({"min_depth": 0.25, "max_depth": 10.0})
   c.optimizer = optimizer_config(learning_rate=learning_rate, warmup_steps=50)
   c.num_steps = num_steps
+  # Progressive resizing (kajax.progressive_resizing): the first low_res_steps of the
+  # num_steps train on batches downscaled to low_res_size '(H, W)'; 0 = off.
+  c.low_res_steps = 0
+  c.low_res_size = ml_collections.config_dict.placeholder(tuple)
   c.batch_size = batch_size
   c.eval_batch_size = 32
   c.input = input_cfg
@@ -190,8 +194,8 @@ def teacher_config(task, dataset, train_split, eval_split, *, width_multiplier, 
 
 
 def rooms_teacher(task, args=ConfigArgs()):
-  """Teacher on synthetic rooms (96x128, width 1/8, 500 steps of batch 32: ~4 min on 2 CPU
-  cores).
+  """Teacher on synthetic rooms (96x128, width 1/8, batch 32: ~4 min on 2 CPU cores; depth
+  and normals 500 steps, parsing 1,250 steps of which the first 1,000 at 48x64).
 
   Its own final evaluation is on ``test``; inside an amalgamation run (``rooms_student``) it
   reports on ``validation`` instead. Learning rates chosen on the validation split (500 steps,
@@ -216,6 +220,13 @@ def rooms_teacher(task, args=ConfigArgs()):
   0.574 m; 8e-3, seed 0: 0.575 m), so 2e-3 stays -- the seeds differ far more than the rates.
   And the parsing teacher started from the trained depth teacher (all but the head; seed 0)
   reaches 0.366 mIoU against 0.374 from random weights.
+
+  Progressive resizing (``low_res_steps``; 2026-12-03, validation, seeds 0 / 1 / 2): the
+  parsing teacher's first 1,000 of 1,250 steps on 48x64 batches (a quarter of the pixels;
+  about 10% more time than 500 steps at 96x128) reach 0.480 / 0.417 / 0.338 mIoU against
+  0.374 / 0.363 / 0.359 at 500 full-size steps: +4.7 points on average, with a wider spread
+  between seeds, so the parsing teacher uses it. The depth teacher does not (seed 0: 0.557 m
+  against 0.540 m).
   """
   # Zoom-in range chosen on validation per task (see above).
   scale_range = (1.0, 1.0) if task == "depth" else (1.0, 1.25)
@@ -229,10 +240,17 @@ def rooms_teacher(task, args=ConfigArgs()):
                      num_steps=500, batch_size=32,
                      learning_rate=1e-2 if task == "seg" else 2e-3,
                      input_cfg=input_config(scale_range=scale_range))
+  if task == "seg":
+    # Progressive resizing (chosen on validation, see above): 1,000 of 1,250 steps at half
+    # the side.
+    c.num_steps, c.low_res_steps, c.low_res_size = 1250, 1000, (48, 64)
   if args.long:  # 2x the images (the parsing teacher on validation: 0.45 mIoU).
-    c.num_steps = 1000
+    c.num_steps *= 2
+    c.low_res_steps *= 2
   if args.tiny:
     shrink_teacher(c)
+    if c.low_res_steps:  # tiny rooms are 64x80: half of each side
+      c.low_res_steps, c.low_res_size = 3, (32, 40)
   return apply_common_args(c, args)
 
 

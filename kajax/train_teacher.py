@@ -20,8 +20,8 @@ import numpy as np
 import optax
 
 from kajax import (checkpointing, data_sources, evaluation, host_memory, input_pipeline,
-                   multihost, optim, parallel, segnet, step_parallelism, storage, tasks,
-                   teacher_files, training_logs, training_loop)
+                   multihost, optim, parallel, progressive_resizing, segnet, step_parallelism,
+                   storage, tasks, teacher_files, training_logs, training_loop)
 
 
 def build_model(config: ml_collections.ConfigDict) -> segnet.SegNet:
@@ -115,6 +115,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     The final metrics on ``config.eval_split``.
   """
   tasks.check_task(config.task, "--config.task")
+  low_res_steps = config.get("low_res_steps", 0)
+  progressive_resizing.check_config(low_res_steps, config.get("low_res_size"), config.num_steps)
   workdir = storage.resolve(workdir)
   multihost.check_shared_directory(workdir, "workdir", "--workdir")
   if multihost.is_main_process():
@@ -157,17 +159,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                   ckpt.directory)
 
   step_parallelism.check_config(config)
-  jitted = step_parallelism.compile_train_step(
-      functools.partial(teacher_train_step, model=model,
-                        loss_fn=make_loss_fn(config, class_weights), tx=tx,
-                        grad_accum_steps=config.get("grad_accum_steps", 1)),
-      config.get("parallelism", "jit"), batch_argnum=1)
+  train_step = functools.partial(teacher_train_step, model=model,
+                                 loss_fn=make_loss_fn(config, class_weights), tx=tx,
+                                 grad_accum_steps=config.get("grad_accum_steps", 1))
+
+  def compiled(step):
+    jitted = step_parallelism.compile_train_step(step, config.get("parallelism", "jit"),
+                                                 batch_argnum=1)
+    return lambda s, b: jitted(s, b, jax.random.fold_in(step_rng, s.step))
+  step_fn = compiled(train_step)
+  if low_res_steps:
+    step_fn = progressive_resizing.switch_after(
+        compiled(progressive_resizing.on_downscaled_batches(
+            train_step, tuple(config.low_res_size))),
+        step_fn, low_res_steps, first_step=int(state.step))
   writer = training_logs.Writer(workdir)
   writer.config(config, (f"teacher_{config.task}/loss",))
   t0 = time.time()
-  state = training_loop.run(f"teacher_{config.task}",
-                   lambda s, b: jitted(s, b, jax.random.fold_in(step_rng, s.step)),
-                   state, train_iter, mesh,
+  state = training_loop.run(f"teacher_{config.task}", step_fn, state, train_iter, mesh,
                    training_loop.LoopConfig(config.num_steps, config.log_every,
                                             config.checkpoint_every, config.batch_size),
                    ckpt, writer, learning_rate=optim.learning_rate_schedule(config.optimizer,

@@ -143,8 +143,10 @@ def test_long_variant_trains_longer_and_changes_nothing_else(name):
       # Twice the labelled images (see config_blocks.rooms_teacher).
       assert (long_teacher.num_steps * long_teacher.batch_size
               == 2 * short_teacher.num_steps * short_teacher.batch_size)
+      # Progressive resizing keeps its share of the steps.
+      assert long_teacher.low_res_steps == 2 * short_teacher.low_res_steps
       assert long_teacher.seed == 3
-      steps = {"num_steps", "batch_size"}
+      steps = {"num_steps", "batch_size", "low_res_steps"}
       assert _without(short_teacher, steps) == _without(long_teacher, steps)
       changed |= {"teacher"}
     if short_run.mode == "amalgamate":
@@ -152,7 +154,7 @@ def test_long_variant_trains_longer_and_changes_nothing_else(name):
       assert long_run.finetune.num_steps == 3 * short_run.finetune.num_steps
       steps = {"block.num_steps", "finetune.num_steps"} | {
           f"teachers.{t}.train_config.{k}" for t in short_run.teachers
-          for k in ("num_steps", "batch_size")}
+          for k in ("num_steps", "batch_size", "low_res_steps")}
       assert _without(short_run, steps) == _without(long_run, steps)
       changed |= {"student"}
   assert changed == ({"teacher"} if name.startswith("teacher") else {"teacher", "student"})
