@@ -338,6 +338,7 @@ register(DenseTask(
     name="depth", target="depth", num_outputs=1, readout=_depth_readout,
     supervised_losses={
         "l1": lambda raw, target, extra: losses.depth_l1(raw[..., 0], target),
+        "berhu": lambda raw, target, extra: losses.depth_berhu(raw[..., 0], target),
         "silog": lambda raw, target, extra, lam=0.85: losses.depth_silog(raw[..., 0], target,
                                                                          lam),
         "bins": lambda raw, target, extra: losses.depth_bins_ce(raw, target,

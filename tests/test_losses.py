@@ -196,6 +196,21 @@ def test_depth_projections_numpy():
   assert float(losses.berhu_projection(y, y)) == 0.0
 
 
+def test_depth_berhu_numpy():
+  pred, gt = depth_data()
+  v = np_valid_depth(gt)
+  diff = np.abs(pred[v].astype(np.float64) - gt[v].astype(np.float64))
+  c = 0.2 * diff.max()  # over valid pixels only
+  want = np.mean(np.where(diff <= c, diff, (diff**2 + c**2) / (2 * c)))
+  assert float(losses.depth_berhu(pred, gt)) == pytest.approx(want, rel=1e-5)
+  # Hand case: valid diffs (0.1, 1.0) give c = 0.2 and B = (0.1 + 1.04 / 0.4) / 2; a wildly
+  # wrong prediction at an invalid pixel (gt 0 or 11 m) changes neither c nor the mean.
+  gt2 = np.array([[[[1.0], [2.0], [0.0], [11.0]]]], np.float32)
+  pred2 = np.array([[[[1.1], [3.0], [9.0], [-5.0]]]], np.float32)
+  assert float(losses.depth_berhu(pred2, gt2)) == pytest.approx((0.1 + 1.04 / 0.4) / 2)
+  assert float(losses.depth_berhu(gt2, gt2)) == 0.0
+
+
 def test_cosine_projection_numpy():
   pred, target = normals_data(seed=7)
   cos = np.sum(np_unit(pred) * np_unit(target), axis=-1)
@@ -216,6 +231,7 @@ def all_cases():
   return [
       ("ce", losses.seg_cross_entropy, seg_logits, seg_labels),
       ("l1", losses.depth_l1, d_pred, d_gt),
+      ("depth_berhu", losses.depth_berhu, d_pred, d_gt),
       ("silog", losses.depth_silog, d_pred, d_gt),
       ("bins", losses.depth_bins_ce, bin_logits, d_gt),
       ("normals", losses.normals_cosine, n_pred, n_gt),
@@ -249,6 +265,7 @@ def test_finite_gradients_at_invalid_and_degenerate_pixels():
   seg_labels = np.array([[[255, 1, 255]]])
   cases = [
       (losses.depth_l1, d_pred, d_gt), (losses.depth_silog, d_pred, d_gt),
+      (losses.depth_berhu, d_pred, d_gt), (losses.depth_berhu, d_gt, d_gt),
       (losses.depth_bins_ce, np.zeros((1, 1, 4, 6), np.float32), d_gt),
       (losses.normals_cosine, n_pred, n_gt), (losses.seg_cross_entropy, seg_logits, seg_labels),
       (losses.l1_projection, d_pred, d_gt), (losses.log_l1_projection, d_pred, d_gt),
@@ -261,6 +278,8 @@ def test_finite_gradients_at_invalid_and_degenerate_pixels():
     assert np.all(np.isfinite(np.asarray(grad))), fn.__name__
   # Supervised losses give invalid pixels exactly zero gradient.
   g = np.asarray(jax.grad(losses.depth_l1)(jnp.asarray(d_pred), d_gt))
+  assert g[0, 0, 0, 0] == 0 and g[0, 0, 1, 0] == 0 and g[0, 0, 2, 0] != 0
+  g = np.asarray(jax.grad(losses.depth_berhu)(jnp.asarray(d_pred), d_gt))
   assert g[0, 0, 0, 0] == 0 and g[0, 0, 1, 0] == 0 and g[0, 0, 2, 0] != 0
   g = np.asarray(jax.grad(losses.seg_cross_entropy)(jnp.asarray(seg_logits), seg_labels))
   assert np.all(g[0, 0, [0, 2]] == 0) and np.any(g[0, 0, 1] != 0)
