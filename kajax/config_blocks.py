@@ -236,8 +236,8 @@ def rooms_teacher(task, args=ConfigArgs()):
   against 0.540 m). The normals teacher does, by far (2026-12-03, the AVX2 CPU, validation):
   the same schedule reaches 31.2 / 30.2 / 29.9 degrees mean angle (median 26.5 / 23.5 / 23.7;
   within 30 degrees: 56 / 61 / 60%) over seeds 0 / 1 / 2, against 46.1 degrees (median 47.2,
-  21% within 30 degrees; seed 0) at 500 full-size steps: the coarse room layout the normals
-  answer is learnt from many small images.
+  21% within 30 degrees; seed 0) at 500 full-size steps -- presumably because normals mostly
+  follow the room's large planes, which small images show as well as large ones.
   """
   # Zoom-in range chosen on validation per task (see above).
   scale_range = (1.0, 1.0) if task == "depth" else (1.0, 1.25)
