@@ -118,11 +118,8 @@ def depth_berhu(pred: jax.Array, gt: jax.Array) -> jax.Array:
   """
   pred, gt = _depth_pair(pred, gt)
   valid = depth_valid_mask(gt)
-  diff = jnp.abs(pred - jnp.where(valid, gt, pred))  # 0 where invalid
-  c = _sg(0.2 * jnp.max(diff))
-  c_safe = jnp.where(c > 0, c, jnp.ones_like(c))  # c == 0 only if every valid diff is 0.
-  quad = (diff * diff + c * c) / (2.0 * c_safe)
-  return _weighted_mean(jnp.where(diff <= c, diff, quad), valid.astype(pred.dtype))
+  diff = jnp.abs(pred - jnp.where(valid, gt, pred))  # 0 where invalid: never sets c
+  return _weighted_mean(_berhu_terms(diff), valid.astype(pred.dtype))
 
 
 def depth_silog(pred: jax.Array, gt: jax.Array, lam: float = 0.85) -> jax.Array:
@@ -266,11 +263,15 @@ def berhu_projection(pred: jax.Array, target: jax.Array) -> jax.Array:
   batch, treated as a constant (stop_gradient). Mean over all pixels.
   """
   target = _same_shape(pred, target, "berhu_projection")
-  diff = jnp.abs(pred - target)
+  return jnp.mean(_berhu_terms(jnp.abs(pred - target)))
+
+
+def _berhu_terms(diff: jax.Array) -> jax.Array:
+  """Per-pixel berHu of absolute errors ``diff``, c = 0.2 * max(diff) held constant."""
   c = _sg(0.2 * jnp.max(diff))
   c_safe = jnp.where(c > 0, c, jnp.ones_like(c))  # c == 0 only if every diff is 0.
   quad = (diff * diff + c * c) / (2.0 * c_safe)
-  return jnp.mean(jnp.where(diff <= c, diff, quad))
+  return jnp.where(diff <= c, diff, quad)
 
 
 def cosine_projection(pred: jax.Array, target: jax.Array) -> jax.Array:
