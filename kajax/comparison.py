@@ -17,7 +17,9 @@ Config (besides the usual ``data_dir``):
 
 Writes ``WORKDIR/comparison.json`` and ``comparison.md``: for every task, the table metrics
 (``kajax.tasks``) of its single-task teacher and of every run's student that has the task,
-with each model's parameters and GFLOPs per image (a student's are for all its tasks).
+with each model's parameters and GFLOPs per image (a student's are for all its tasks), and
+each run's label and branch points. ``python -m kajax.benchmarks.seeds`` reads the JSON to
+report a comparison config as mean ± std over seeds.
 """
 
 from __future__ import annotations
@@ -74,10 +76,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def compare(results: Mapping[str, Mapping[str, Any]], order, labels: Mapping[str, str]
             ) -> dict[str, Any]:
-  """{"tasks": {task: [rows]}, "teachers_total": {params, gflops}}.
+  """{"tasks": {task: [rows]}, "teachers_total": {params, gflops}, "runs": [...]}.
 
   Per task: its teacher's row, then one row per run whose student has the task. A row is
-  {model, metrics ({metric: value} for the task's table metrics), params, gflops}.
+  {model, metrics ({metric: value} for the task's table metrics), params, gflops}. "runs"
+  lists, in run order, {name, label, branch_points ({teacher: k})}.
   """
   report: dict[str, list[dict[str, Any]]] = {}
   for run in order:
@@ -90,7 +93,10 @@ def compare(results: Mapping[str, Mapping[str, Any]], order, labels: Mapping[str
       rows.append(_row(labels.get(run, run), task, models["student"]))
   teachers = [r for rows in report.values() for r in rows if r["model"] == "teacher"]
   return {"tasks": report,
-          "teachers_total": {k: sum(r[k] for r in teachers) for k in ("params", "gflops")}}
+          "teachers_total": {k: sum(r[k] for r in teachers) for k in ("params", "gflops")},
+          "runs": [{"name": run, "label": labels.get(run, run),
+                    "branch_points": dict(results[run].get("branch_points", {}))}
+                   for run in order]}
 
 
 def _row(model: str, task: str, metrics: Mapping[str, float]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import sys
 import pytest
 
 from kajax import comparison, data_sources, export
+from kajax.benchmarks import seeds
 from tests import fakes
 
 REPO = os.path.join(os.path.dirname(__file__), "..")
@@ -56,6 +57,17 @@ def test_demo3_tiny_runs_option_a_and_option_b(tmp_path):
   assert all(r["params"] < teachers for rows in report["tasks"].values() for r in rows
              if r["model"] != "teacher")
   assert "option B" in (workdir / "comparison.md").read_text()
+  # Each run's branch points as its own results.json has them (the seeds benchmark reads
+  # them from here), and the seeds benchmark's reading of the report.
+  for run in report["runs"]:
+    with open(workdir / run["name"] / "results.json") as f:
+      assert run["branch_points"] == json.load(f)["branch_points"]
+  assert [r["label"] for r in report["runs"]] == ["two-task student", "option A", "option B"]
+  flat = seeds.load_results(str(workdir))
+  assert set(flat["models"]) == {"teacher/seg", "teacher/depth", "teacher/normals",
+                                 "two-task student", "option A", "option B"}
+  assert flat["models"]["option B"]["normals/angle_mean"] == next(
+      r["metrics"]["angle_mean"] for r in report["tasks"]["normals"] if r["model"] == "option B")
   assert not (workdir / "two_task" / "teacher_runs").exists()  # the teachers were reused
 
 

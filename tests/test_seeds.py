@@ -85,6 +85,42 @@ def test_a_single_seed_has_no_std():
   assert "| student | 0.4000 (one seed) | 0.5000 (one seed) |" in seeds.format_summary(s)
 
 
+def _comparison(miou_t, miou_a, angle_t, angle_a, k):
+  """A comparison.json as kajax.comparison writes it: a teacher row and an option-A row per
+  task (only the metrics the checks use)."""
+  def row(model, metrics, params):
+    return {"model": model, "metrics": metrics, "params": params, "gflops": 1.0}
+  return {"tasks": {"seg": [row("teacher", {"miou": miou_t}, 10.0),
+                            row("option A", {"miou": miou_a}, 18.0)],
+                    "normals": [row("teacher", {"angle_mean": angle_t}, 10.0),
+                                row("option A", {"angle_mean": angle_a}, 18.0)]},
+          "teachers_total": {"params": 20.0, "gflops": 2.0},
+          "runs": [{"name": "option_a", "label": "option A",
+                    "branch_points": {"seg": k, "normals": 0}}]}
+
+
+def test_a_comparison_is_summarised_per_student_against_each_teacher(tmp_path):
+  for s, args in ((0, (0.40, 0.43, 30.0, 33.0, 1)), (1, (0.50, 0.51, 32.0, 33.0, 2))):
+    os.makedirs(tmp_path / f"seed_{s}")
+    (tmp_path / f"seed_{s}" / "comparison.json").write_text(json.dumps(_comparison(*args)))
+  assert seeds.load_results(str(tmp_path / "seed_9")) is None  # not run yet
+  s = seeds.summarize({i: seeds.load_results(str(tmp_path / f"seed_{i}")) for i in (0, 1)})
+  assert set(s["models"]) == {"teacher/seg", "teacher/normals", "option A"}
+  # Option A's miou 0.43, 0.51: mean 0.47, std |0.43 - 0.51| / sqrt(2).
+  assert s["models"]["option A"]["seg/miou"]["mean"] == pytest.approx(0.47)
+  assert s["models"]["option A"]["seg/miou"]["std"] == pytest.approx(0.08 / np.sqrt(2))
+  assert s["models"]["option A"]["params"]["mean"] == 18.0
+  # Paired: miou +0.03, +0.01 -> mean +0.02; angle +3, +1 -> mean +2, std sqrt(2).
+  assert s["student_minus_teacher"]["option A: seg/miou"]["mean"] == pytest.approx(0.02)
+  assert s["student_minus_teacher"]["option A: normals/angle_mean"]["mean"] == pytest.approx(2)
+  assert s["student_minus_teacher"]["option A: normals/angle_mean"]["std"] == pytest.approx(
+      np.sqrt(2))
+  assert s["branch_points"]["1"] == {"option A seg": 2, "option A normals": 0}
+  text = seeds.format_summary(s)
+  assert "| option A | 0.4700 ± 0.0566 | 33.0000 ± 0.0000 | 18 |" in text
+  assert "negative is better for option A: normals/angle_mean" in text
+
+
 @pytest.mark.slow
 def test_two_seeds_end_to_end(tmp_path, tiny_teacher_dirs, rooms_tiny_data_dir):
   """The CLI as documented, from a scratch directory, on the tiny demo with given teachers."""

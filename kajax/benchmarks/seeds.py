@@ -1,6 +1,7 @@
 """Runs a config with several seeds and reports every metric as mean ± std over the seeds.
 
   python -m kajax.benchmarks.seeds --config=configs/demo.py --seeds=3 --workdir=/tmp/kajax_seeds
+  python -m kajax.benchmarks.seeds --config=configs/demo3.py --seeds=3 --workdir=/tmp/seeds3
 
 Seed s runs ``python -m kajax.main --config=CONFIG:seed=s --workdir=WORKDIR/seed_s`` in a
 subprocess (a fresh JAX runtime per run, so the seeds do not share compiled state; a run that
@@ -8,7 +9,10 @@ is killed resumes when the same command is repeated, finished seeds are skipped)
 ``WORKDIR/seeds.json`` and ``WORKDIR/seeds.md`` hold, for every model of ``results.json``
 (teachers, student) and every metric, the mean and the sample standard deviation (n - 1)
 over the seeds, the paired student − teacher differences, the branch points each seed chose,
-and each run's wall time.
+and each run's wall time. A comparison config (``configs/demo3.py``: several students that
+share teachers, ``kajax.comparison``) is summarised the same way from each seed's
+``comparison.json``: every teacher, every student by its label, and each student's paired
+differences against the teacher of every task it has.
 
 A run's wall time says little on its own: this kind of machine's speed varies ~1.5x between
 days. With ``--step_benchmark`` (default) the step benchmark
@@ -57,6 +61,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> dict[str, flags
   return holders
 
 
+RESULTS_FILES = ("results.json", "comparison.json")  # an amalgamation / a comparison run
 SUMMARY_JSON = "seeds.json"
 SUMMARY_MD = "seeds.md"
 # Lower is better for these metrics (by the name after "task/"); the paired differences say so.
@@ -94,6 +99,34 @@ def _pm(stat: Mapping[str, Any], sign: str = "") -> str:
   return f"{stat['mean']:{sign}.4f} {spread}"
 
 
+def results_from_comparison(report: Mapping[str, Any]) -> dict[str, Any]:
+  """A ``comparison.json`` report in the form of a ``results.json``: models ``teacher/<task>``
+  and one per student label, metrics ``<task>/<metric>``, and branch points keyed
+  ``"<label> <teacher>"``."""
+  models: dict[str, dict[str, float]] = {}
+  for task, rows in report["tasks"].items():
+    for row in rows:
+      name = f"teacher/{task}" if row["model"] == "teacher" else row["model"]
+      metrics = models.setdefault(name, {})
+      metrics.update({f"{task}/{m}": v for m, v in row["metrics"].items() if v is not None})
+      metrics.update(params=row["params"], gflops=row["gflops"])
+  points = {f"{run['label']} {teacher}": k for run in report.get("runs", [])
+            for teacher, k in run["branch_points"].items()}
+  return {"models": models, "tasks": list(report["tasks"]), "branch_points": points}
+
+
+def load_results(run_dir: str) -> dict[str, Any] | None:
+  """A finished run's results (``results.json``, or a comparison's ``comparison.json``
+  converted by :func:`results_from_comparison`); None while the run has not finished."""
+  for name in RESULTS_FILES:
+    path = os.path.join(run_dir, name)
+    if os.path.exists(path):
+      with open(path) as f:
+        results = json.load(f)
+      return results_from_comparison(results) if name == "comparison.json" else results
+  return None
+
+
 def summarize(per_seed: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
   """Aggregates the ``results.json`` of each seed.
 
@@ -102,8 +135,9 @@ def summarize(per_seed: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
 
   Returns:
     {"seeds", "tasks", "models": {model: {metric: {mean, std, n}}}, "student_minus_teacher":
-    {metric: {mean, std, n}} (paired per seed, every metric a teacher shares with the
-    student), "branch_points": {seed: {teacher: k}}}. Metrics are named as in
+    {metric: {mean, std, n}} (paired per seed, every metric a teacher shares with a
+    student; named "<student>: <metric>" for a student not called "student", as in a
+    comparison), "branch_points": {seed: {teacher: k}}}. Metrics are named as in
     ``results.json`` ("seg/miou", "depth/rmse", ..., "params", "gflops").
   """
   seeds = sorted(per_seed)
@@ -114,14 +148,15 @@ def summarize(per_seed: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
     models[name] = {m: mean_std([per_seed[s]["models"][name][m] for s in seeds])
                     for m in metrics}
   diffs = {}
-  student = per_seed[seeds[0]]["models"].get("student", {})
-  for name in names:
-    if not name.startswith("teacher/"):
-      continue
-    for m in per_seed[seeds[0]]["models"][name]:
-      if m in student and m not in _SIZES:
-        diffs[m] = mean_std([per_seed[s]["models"]["student"][m] -
-                             per_seed[s]["models"][name][m] for s in seeds])
+  teachers = [n for n in names if n.startswith("teacher/")]
+  students = [n for n in names if not n.startswith("teacher")]  # not "teachers/total"
+  for student in students:
+    for name in teachers:
+      for m in per_seed[seeds[0]]["models"][name]:
+        if m in per_seed[seeds[0]]["models"][student] and m not in _SIZES:
+          key = m if student == "student" else f"{student}: {m}"
+          diffs[key] = mean_std([per_seed[s]["models"][student][m] -
+                                 per_seed[s]["models"][name][m] for s in seeds])
   return {"seeds": seeds, "tasks": list(per_seed[seeds[0]].get("tasks", [])),
           "models": models, "student_minus_teacher": diffs,
           "branch_points": {str(s): per_seed[s].get("branch_points", {}) for s in seeds}}
@@ -197,9 +232,8 @@ def main(args: Any) -> None:
   per_seed, times = {}, {}
   for s in seeds:
     run_dir = os.path.join(workdir, f"seed_{s}")
-    results_path = os.path.join(run_dir, "results.json")
     timing_path = os.path.join(run_dir, "wall_seconds.json")
-    if not os.path.exists(results_path):
+    if load_results(run_dir) is None:
       command = run_command(args.config, s, run_dir, args.override)
       print(f"\n=== seed {s}: {' '.join(command[1:])}", flush=True)
       t0 = time.time()
@@ -209,8 +243,10 @@ def main(args: Any) -> None:
                          f"{run_dir} is kept: rerun the same command to resume it.")
       with open(timing_path, "w") as f:
         json.dump({"wall_seconds": time.time() - t0}, f)
-    with open(results_path) as f:
-      per_seed[s] = json.load(f)
+    per_seed[s] = load_results(run_dir)
+    if per_seed[s] is None:
+      raise SystemExit(f"Seed {s}'s run ended without writing any of {RESULTS_FILES} in "
+                       f"{run_dir}: is --config an amalgamation or comparison config?")
     if os.path.exists(timing_path):
       with open(timing_path) as f:
         times[str(s)] = json.load(f)["wall_seconds"]
