@@ -237,7 +237,14 @@ def rooms_teacher(task, args=ConfigArgs()):
   the same schedule reaches 31.2 / 30.2 / 29.9 degrees mean angle (median 26.5 / 23.5 / 23.7;
   within 30 degrees: 56 / 61 / 60%) over seeds 0 / 1 / 2, against 46.1 degrees (median 47.2,
   21% within 30 degrees; seed 0) at 500 full-size steps -- presumably because normals mostly
-  follow the room's large planes, which small images show as well as large ones.
+  follow the room's large planes, which small images show as well as large ones. Depth, the
+  same schedule on seeds 1 / 2 as well (2026-12-03, the AVX2 CPU): 0.624 / 0.559 m, against
+  0.805 m (seed 1, the same kind of CPU) and 0.534 m (seed 2, the AVX-512 one) at 500
+  full-size steps -- no gain on average, so depth stays at full size. Nor do full-size
+  pixels without the whole room help: 1,600 steps on random 48x64 crops (about the time of
+  500 full steps; seed 0) give 0.675 m against 0.549 m. Presumably the depth cues depend on
+  the pixel scale and on the room's whole layout, so neither smaller images nor crops stand
+  in for full-size steps.
   """
   # Zoom-in range chosen on validation per task (see above).
   scale_range = (1.0, 1.0) if task == "depth" else (1.0, 1.25)
@@ -371,7 +378,11 @@ def rooms_student(tasks, teachers, args=ConfigArgs()):
   Steps, batch and learning rate come from the demo's ~12-minute budget (300 block-wise +
   1,000 fine-tuning steps of batch 8, Adam 5e-4). One check on validation (the long recipe's
   seed-0 teachers, this student length): Adam 2e-3 gives 0.410 mIoU / 0.602 m against 5e-4's
-  0.426 / 0.611 m (branch points (3, 3) vs (1, 2)): no clear gain, so 5e-4 stays."""
+  0.426 / 0.611 m (branch points (3, 3) vs (1, 2)): no clear gain, so 5e-4 stays. Progressive
+  resizing of the fine-tuning phase (a prototype; 2026-12-03, validation, the seed-0 demo
+  teachers, the AVX2 CPU): 2,500 steps, the first 2,000 at 48x64, in the time of the 1,000
+  full-size ones, give 0.421 mIoU / 0.611 m against 0.450 / 0.614 m -- parsing loses 3
+  points, depth gains nothing, so the students do not use it."""
   c = amalgamation_config(
       tasks, "synthetic_rooms/small", unlabeled_split="unlabeled",
       branch_split="validation", test_split="test", block_steps=300, finetune_steps=1000,
