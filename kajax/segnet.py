@@ -40,6 +40,11 @@ NUM_BRANCH_POINTS = 5
 # 'conv': last block without BN and a raw last conv (KamalEngine's current layout).
 # 'conv_bn_relu': every layer conv+BN+ReLU, the last one too (pytorch-semseg / 2019 layout).
 HEADS = ("conv", "conv_bn_relu")
+# Initial weights of the 'conv' head's last conv (the raw outputs; every other conv: He).
+# 'he_fan_out': He from the fan-out, like every other layer -- with one output channel (depth)
+#   the weights' std is sqrt(2/9) = 0.47 and the first predictions swing by metres;
+# 'fan_in': variance 1/fan_in, outputs of about the scale of one input feature.
+HEAD_INITS = ("he_fan_out", "fan_in")
 # PyTorch's BatchNorm defaults (momentum 0.1 there = 0.9 here). Flax's default 0.99 makes
 # early evaluations wrong on short runs (docs/method.md §4).
 BN_MOMENTUM = 0.9
@@ -124,8 +129,10 @@ def max_unpool(x: jax.Array, indices: PoolIndices) -> jax.Array:
   return jnp.pad(y, ((0, 0), (0, h - 2 * h2), (0, w - 2 * w2), (0, 0)))
 
 
-def _conv_init():
+def _conv_init(name: str = "he_fan_out"):
   # He initialisation (fan-out), the usual choice for VGG-BN; teachers are normally loaded.
+  if name == "fan_in":
+    return nn.initializers.variance_scaling(1.0, "fan_in", "normal")
   return nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
@@ -137,12 +144,13 @@ class ConvLayer(nn.Module):
   bn_axis_name: str | None = None
   param_dtype: Any = jnp.float32
   dtype: Any = None
+  kernel_init: str = "he_fan_out"  # see HEAD_INITS
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     # conv.conv_general_dilated: XLA's own forward pass, a fast weight gradient on CPU.
     x = nn.Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), use_bias=True,
-                kernel_init=_conv_init(), param_dtype=self.param_dtype, dtype=self.dtype,
+                kernel_init=_conv_init(self.kernel_init), param_dtype=self.param_dtype, dtype=self.dtype,
                 conv_general_dilated=conv.conv_general_dilated, name="conv")(x)
     if self.batch_norm:
       # Flax reduces the batch statistics in float32 whatever the compute dtype.
@@ -178,6 +186,7 @@ class DecoderBlock(nn.Module):
     num_convs: convolutions in the block.
     batch_norm: whether layers have BatchNorm (False for SegNet's 'conv' head block).
     last_relu: whether the last conv is followed by ReLU (False for raw logits/depth).
+    last_init: initial weights of the last conv (``HEAD_INITS``).
   """
   features: int
   num_convs: int
@@ -186,6 +195,7 @@ class DecoderBlock(nn.Module):
   bn_axis_name: str | None = None
   param_dtype: Any = jnp.float32
   dtype: Any = None
+  last_init: str = "he_fan_out"
 
   @nn.compact
   def __call__(self, x: jax.Array, indices: PoolIndices, train: bool) -> jax.Array:
@@ -195,16 +205,22 @@ class DecoderBlock(nn.Module):
       last = i == self.num_convs - 1
       x = ConvLayer(self.features if last else in_features, batch_norm=self.batch_norm,
                     relu=self.last_relu or not last, bn_axis_name=self.bn_axis_name,
-                    param_dtype=self.param_dtype, dtype=self.dtype, name=f"layer{i}")(x, train)
+                    param_dtype=self.param_dtype, dtype=self.dtype,
+                    kernel_init=self.last_init if last else "he_fan_out",
+                    name=f"layer{i}")(x, train)
     return x
 
 
 def decoder_block(name: str, arch: str, num_outputs: int, width_multiplier: float,
                   head: str, bn_axis_name: str | None = None,
-                  param_dtype: Any = jnp.float32, dtype: Any = None) -> DecoderBlock:
-  """The decoder block ``name`` ('up5'..'up1') of a SegNet, unbound (the student reuses it)."""
+                  param_dtype: Any = jnp.float32, dtype: Any = None,
+                  head_init: str = "he_fan_out") -> DecoderBlock:
+  """The decoder block ``name`` ('up5'..'up1') of a SegNet, unbound (the student reuses it).
+  ``head_init`` applies to the 'conv' head's last conv only."""
   if head not in HEADS:
     raise ValueError(f"Unknown SegNet head {head!r}; choose one of {HEADS}.")
+  if head_init not in HEAD_INITS:
+    raise ValueError(f"--config.model.head_init={head_init!r}: choose one of {HEAD_INITS}.")
   level = int(name[len("up"):]) - 1  # up5 -> 4 ... up1 -> 0
   widths = encoder_widths(width_multiplier)
   is_head = level == 0
@@ -212,7 +228,8 @@ def decoder_block(name: str, arch: str, num_outputs: int, width_multiplier: floa
   plain_head = is_head and head == "conv"
   return DecoderBlock(out, convs_per_block(arch)[level], batch_norm=not plain_head,
                       last_relu=not plain_head, bn_axis_name=bn_axis_name,
-                      param_dtype=param_dtype, dtype=dtype, name=name)
+                      param_dtype=param_dtype, dtype=dtype,
+                      last_init=head_init if plain_head else "he_fan_out", name=name)
 
 
 def encoder_block(name: str, arch: str, width_multiplier: float,
@@ -247,6 +264,7 @@ class SegNet(nn.Module):
   param_dtype: Any = jnp.float32
   dtype: Any = None
   remat: bool = False  # rematerialise encoder blocks (see encoder_block)
+  head_init: str = "he_fan_out"  # the 'conv' head's last conv (HEAD_INITS)
 
   def setup(self):
     convs_per_block(self.arch)  # validates the name early
@@ -257,7 +275,7 @@ class SegNet(nn.Module):
     for name in DECODER_BLOCKS:
       setattr(self, name, decoder_block(name, self.arch, self.num_outputs,
                                         self.width_multiplier, self.head, self.bn_axis_name,
-                                        self.param_dtype, self.dtype))
+                                        self.param_dtype, self.dtype, self.head_init))
 
   def encode(self, x: jax.Array, train: bool = False
              ) -> tuple[jax.Array, tuple[PoolIndices, ...], dict[str, jax.Array]]:

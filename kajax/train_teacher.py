@@ -31,7 +31,8 @@ def build_model(config: ml_collections.ConfigDict) -> segnet.SegNet:
                        width_multiplier=m.width_multiplier, head=m.head,
                        bn_axis_name=step_parallelism.bn_axis_name(config),
                        dtype=step_parallelism.compute_dtype(config),
-                       remat=config.get("remat", False))
+                       remat=config.get("remat", False),
+                       head_init=m.get("head_init", "he_fan_out"))
 
 
 def teacher_extra(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -98,3 +98,43 @@ def test_pooling_after_relu_ties_at_zero():
 def test_pooling_too_small_input_is_a_clear_error():
   with pytest.raises(ValueError, match="too small"):
     segnet.max_pool_with_indices(jnp.zeros((1, 1, 4, 1)))
+
+
+@pytest.mark.parametrize("head_init, outputs, expected_std", [
+    # He from the fan-out: sqrt(2 / (3 * 3 * outputs)).
+    ("he_fan_out", 1, np.sqrt(2 / 9)),
+    ("he_fan_out", 13, np.sqrt(2 / 117)),
+    # Variance 1 / fan-in: the head's input has 64 / 8 = 8 channels -> sqrt(1 / 72).
+    ("fan_in", 1, np.sqrt(1 / 72)),
+])
+def test_head_init_sets_the_last_convs_scale_only(head_init, outputs, expected_std):
+  model = segnet.SegNet(outputs, width_multiplier=1 / 8, head_init=head_init)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+  head = np.asarray(params["up1"]["layer1"]["conv"]["kernel"])
+  assert head.shape == (3, 3, 8, outputs)
+  assert np.std(head) == pytest.approx(expected_std, rel=0.25)
+  # Every other layer keeps He (fan-out), whatever the head's init: same seed, same weights.
+  other = segnet.SegNet(outputs, width_multiplier=1 / 8).init(
+      jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+  np.testing.assert_array_equal(params["up1"]["layer0"]["conv"]["kernel"],
+                                other["up1"]["layer0"]["conv"]["kernel"])
+  np.testing.assert_array_equal(params["down1"]["layer0"]["conv"]["kernel"],
+                                other["down1"]["layer0"]["conv"]["kernel"])
+
+
+def test_unknown_head_init_names_the_flag():
+  with pytest.raises(ValueError, match=r"--config.model.head_init='zeros'"):
+    segnet.SegNet(1, width_multiplier=1 / 8, head_init="zeros").init(
+        jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+
+
+def test_the_teacher_configs_head_init_reaches_the_network():
+  import os
+  import sys
+  sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
+  import teacher_rooms_depth  # configs/ is not a package
+  from kajax import train_teacher
+  config = teacher_rooms_depth.get_config("tiny")
+  assert train_teacher.build_model(config).head_init == "he_fan_out"  # the default
+  config.model.head_init = "fan_in"
+  assert train_teacher.build_model(config).head_init == "fan_in"
