@@ -133,8 +133,11 @@ def test_the_teacher_configs_head_init_reaches_the_network():
   import sys
   sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
   import teacher_rooms_depth  # configs/ is not a package
+  import teacher_rooms_seg
   from kajax import train_teacher
+  assert train_teacher.build_model(teacher_rooms_seg.get_config("tiny")).head_init == "he_fan_out"
   config = teacher_rooms_depth.get_config("tiny")
-  assert train_teacher.build_model(config).head_init == "he_fan_out"  # the default
-  config.model.head_init = "fan_in"
+  # The rooms depth teacher's default (config_blocks.rooms_teacher); others keep He fan-out.
   assert train_teacher.build_model(config).head_init == "fan_in"
+  config.model.head_init = "he_fan_out"
+  assert train_teacher.build_model(config).head_init == "he_fan_out"
