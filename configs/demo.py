@@ -10,7 +10,7 @@ of batch 32 (~4 min each; parsing 1,000 steps at half the side, then 250 at the 
 depth 500 steps), then the teachers' targets on the 1,000 unlabelled images once (~10 s) and
 the student, 300 block-wise + 1,000 fine-tuning steps of batch 8 (~3 min; a step's time is
 proportional to its batch on a CPU, so smaller batches buy more updates for the same images):
-~28 min on an AVX2-only EPYC; ~11 min on an AVX-512 one (measured with a parsing teacher
+~23-29 min on an AVX2-only EPYC; ~11 min on an AVX-512 one (measured with a parsing teacher
 of 500 full-size steps, ~10% faster; README, "Measured").
 
 ``:long`` takes about 2.5 times as long (each teacher sees 2x as many labelled images, the
