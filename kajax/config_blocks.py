@@ -256,6 +256,11 @@ def rooms_teacher(task, args=ConfigArgs()):
   and the mean from 0.629 to 0.574 m (seed 2's He fan-out number is the AVX-512 CPU's), so
   the depth teacher uses it (2026-12-04). The demo's final test evaluation, run afterwards
   and not used to choose: 0.524 +- 0.006 m against 0.587 +- 0.145 m (README, "Measured").
+  The normals head (three outputs, He fan-out std 0.27) with ``fan_in`` (2026-12-04, the
+  AVX2 CPU, validation, seeds 0 / 1 / 2): 29.7 / 30.6 / 29.6 degrees mean angle (median
+  23.6 / 24.8 / 24.6; within 30 degrees 61 / 59 / 59%) against He fan-out's 31.2 / 30.2 /
+  29.9 (26.5 / 23.5 / 23.7; 56 / 61 / 60%): paired -0.4 +- 1.0 degrees, inside the seeds'
+  spread and without a stalled seed to cure, so the normals head keeps He fan-out.
   """
   # Zoom-in range chosen on validation per task (see above).
   scale_range = (1.0, 1.0) if task == "depth" else (1.0, 1.25)
