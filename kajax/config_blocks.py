@@ -142,6 +142,9 @@ def model_config(num_outputs, arch="segnet_vgg16_bn", width_multiplier=1.0, head
   # Initial weights of the head's last conv (kajax.segnet.HEAD_INITS): 'he_fan_out' like
   # every layer, or 'fan_in' (smaller for few outputs; see rooms_teacher on depth).
   c.head_init = "he_fan_out"
+  # Append each pixel's row and column (-1..1) to the image (kajax.segnet.COORD_CHANNELS);
+  # stored with the exported teacher, and a student inherits its trunk teacher's.
+  c.input_coords = False
   return c
 
 

@@ -46,6 +46,13 @@ HEADS = ("conv", "conv_bn_relu")
 #   synthetic rooms spread by 1.38 m (std);
 # 'fan_in': variance 1/fan_in (std 0.12 there; spread 0.34 m).
 HEAD_INITS = ("he_fan_out", "fan_in")
+# Coordinate channels (``input_coords``): two channels appended to the image before down1,
+# the row and the column of each pixel scaled to -1..1 (top/left -1, bottom/right +1), as in
+# CoordConv (Liu et al., NeurIPS 2018). A convolution cannot tell where in the image it is
+# except through the zero padding; monocular depth depends on it (a floor pixel's depth is
+# mostly its row, for a given camera height and tilt).
+COORD_CHANNELS = 2
+
 # PyTorch's BatchNorm defaults (momentum 0.1 there = 0.9 here). Flax's default 0.99 makes
 # early evaluations wrong on short runs (docs/method.md §4).
 BN_MOMENTUM = 0.9
@@ -128,6 +135,20 @@ def max_unpool(x: jax.Array, indices: PoolIndices) -> jax.Array:
   y = jnp.where(hit, x[:, :, :, None, :], jnp.zeros((), x.dtype))
   y = y.reshape(n, h2, w2, 2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * h2, 2 * w2, c)
   return jnp.pad(y, ((0, 0), (0, h - 2 * h2), (0, w - 2 * w2), (0, 0)))
+
+
+def with_coordinate_channels(x: jax.Array) -> jax.Array:
+  """(N,H,W,C) -> (N,H,W,C+2): the image with its pixels' row and column in -1..1 appended.
+
+  The coordinates are those of the array it is given: an augmented crop or a flipped image
+  gets the same channels as any other image of its size (they say where a pixel is in the
+  network's input, not in the scene).
+  """
+  n, h, w, _ = x.shape
+  rows = jnp.linspace(-1.0, 1.0, h, dtype=x.dtype)[None, :, None, None]
+  cols = jnp.linspace(-1.0, 1.0, w, dtype=x.dtype)[None, None, :, None]
+  return jnp.concatenate([x, jnp.broadcast_to(rows, (n, h, w, 1)),
+                          jnp.broadcast_to(cols, (n, h, w, 1))], axis=-1)
 
 
 def _conv_init(name: str = "he_fan_out"):
@@ -266,6 +287,7 @@ class SegNet(nn.Module):
   dtype: Any = None
   remat: bool = False  # rematerialise encoder blocks (see encoder_block)
   head_init: str = "he_fan_out"  # the 'conv' head's last conv (HEAD_INITS)
+  input_coords: bool = False  # append coordinate channels to the image (COORD_CHANNELS)
 
   def setup(self):
     convs_per_block(self.arch)  # validates the name early
@@ -283,6 +305,8 @@ class SegNet(nn.Module):
     """Runs down1..down5. Returns (f_0, indices of down1..down5, features)."""
     if x.ndim != 4:
       raise ValueError(f"SegNet expects NHWC images, got shape {x.shape}.")
+    if self.input_coords:
+      x = with_coordinate_channels(x)
     features, indices = {}, []
     for name in ENCODER_BLOCKS:
       x, idx = getattr(self, name)(x, train)

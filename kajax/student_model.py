@@ -39,7 +39,7 @@ import jax.numpy as jnp
 
 from kajax.gates import ChannelGate
 from kajax.segnet import (DECODER_BLOCKS, ENCODER_BLOCKS, NUM_BRANCH_POINTS, PoolIndices,
-                          decoder_block, encoder_block)
+                          decoder_block, encoder_block, with_coordinate_channels)
 from kajax.student_spec import StudentSpec, check_branch_points
 
 # Trunk blocks that can be shared: up5..up2 (up1 always belongs to a task).
@@ -57,6 +57,8 @@ def _run_encoder(spec: StudentSpec, x: jax.Array, train: bool, bn_axis_name, par
   # Called from a compact method: the blocks become children of the calling module.
   if x.ndim != 4:
     raise ValueError(f"The student expects NHWC images, got shape {x.shape}.")
+  if spec.input_coords:
+    x = with_coordinate_channels(x)
   features, indices = {}, []
   for name in ENCODER_BLOCKS:
     x, idx = encoder_block(name, spec.arch, spec.width_multiplier, bn_axis_name,

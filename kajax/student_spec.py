@@ -82,6 +82,12 @@ class StudentSpec:
     return float(self.teachers[0].width_multiplier)
 
   @property
+  def input_coords(self) -> bool:
+    """Whether the student appends coordinate channels to its image: as its trunk teacher
+    does, whose encoder it starts from (the other teachers' encoders are not used)."""
+    return bool(self.trunk_teacher.input_coords)
+
+  @property
   def tasks(self) -> tuple[str, ...]:
     """Every task of every teacher, in branch order."""
     return tuple(task for t in self.teachers for task in t.tasks)

@@ -42,6 +42,8 @@ class TeacherInfo:
     arch: a key of ``kajax.segnet.ARCH_CONVS``, e.g. 'segnet_vgg16_bn'.
     head: 'conv' or 'conv_bn_relu' (see ``kajax.segnet.HEADS``).
     width_multiplier: channel multiplier of the SegNet (1.0 = the paper's widths).
+    input_coords: whether the SegNet appends coordinate channels to its input image
+      (``kajax.segnet.with_coordinate_channels``); absent from older files: False.
     params: number of trainable parameters.
     source: path of the converted file, or a description such as 'kajax teacher training'.
     source_sha256: SHA-256 of the source file, or None.
@@ -52,6 +54,7 @@ class TeacherInfo:
   arch: str
   head: str
   width_multiplier: float = 1.0
+  input_coords: bool = False
   params: int = 0
   source: str = ""
   source_sha256: str | None = None
@@ -77,6 +80,8 @@ class TeacherInfo:
       problems.append(f"head={self.head!r} is not one of {segnet.HEADS}")
     if not isinstance(self.width_multiplier, float) or not self.width_multiplier > 0:
       problems.append(f"width_multiplier={self.width_multiplier!r} must be positive")
+    if not isinstance(self.input_coords, bool):
+      problems.append(f"input_coords={self.input_coords!r} must be true or false")
     if problems:
       raise ValueError("Invalid TeacherInfo: " + "; ".join(problems) + ".")
 
@@ -101,7 +106,8 @@ class TeacherInfo:
 
   def build_module(self) -> segnet.SegNet:
     """The (unbound) SegNet this teacher's variables belong to."""
-    return segnet.SegNet(self.num_outputs, self.arch, self.width_multiplier, self.head)
+    return segnet.SegNet(self.num_outputs, self.arch, self.width_multiplier, self.head,
+                         input_coords=self.input_coords)
 
 
 def expected_shapes(module: segnet.SegNet) -> dict[str, Any]:
@@ -238,5 +244,6 @@ def load_teacher(teacher_dir: str | os.PathLike
   if problems:
     raise ValueError(f"Teacher {teacher_dir} does not match its teacher.json ({info.arch}, "
                      f"{info.num_outputs} outputs, width {info.width_multiplier}, head "
-                     f"{info.head}):\n  " + "\n  ".join(problems))
+                     f"{info.head}, input_coords {info.input_coords}):\n  "
+                     + "\n  ".join(problems))
   return module, variables, info

@@ -91,6 +91,8 @@ class SegNetTeacher(_Projecting):
     num_outputs, head, arch, width_multiplier: its SegNet (see ``kajax.segnet``).
     extra_json: readout settings of its output (e.g. depth bins), as sorted JSON so the
       description stays hashable.
+    input_coords: its SegNet appends coordinate channels to the image (a student whose
+      trunk teacher does so does the same).
   """
   name: str
   task: str
@@ -99,6 +101,7 @@ class SegNetTeacher(_Projecting):
   arch: str = "segnet_vgg16_bn"
   width_multiplier: float = 1.0
   extra_json: str = "{}"
+  input_coords: bool = False
   kind = "segnet"
 
   @property
@@ -115,7 +118,7 @@ class SegNetTeacher(_Projecting):
 
   def module(self, dtype: Any = None) -> segnet.SegNet:
     return segnet.SegNet(self.num_outputs, self.arch, self.width_multiplier, self.head,
-                         dtype=dtype)
+                         dtype=dtype, input_coords=self.input_coords)
 
   def _as_dict(self, out: jax.Array) -> dict[str, jax.Array]:
     return {self.task: out}
@@ -163,6 +166,10 @@ class StudentTeacher(_Projecting):
   @property
   def width_multiplier(self) -> float:
     return self.student.width_multiplier
+
+  @property
+  def input_coords(self) -> bool:
+    return self.student.input_coords
 
   @property
   def extras(self) -> dict[str, dict[str, Any]]:
@@ -230,7 +237,8 @@ def segnet_teachers(tasks: Sequence[str], num_outputs: Sequence[int], heads: Seq
 def from_teacher_info(name: str, info: Any) -> SegNetTeacher:
   """The model of a teacher directory's ``TeacherInfo`` (``kajax.teacher_files``)."""
   return SegNetTeacher(name, info.task, int(info.num_outputs), info.head, info.arch,
-                       float(info.width_multiplier), json.dumps(info.extra, sort_keys=True))
+                       float(info.width_multiplier), json.dumps(info.extra, sort_keys=True),
+                       bool(info.input_coords))
 
 
 # ----------------------------------------------------------------------------- JSON form
@@ -241,7 +249,7 @@ def to_dict(teacher: Any) -> dict[str, Any]:
     return {"kind": "segnet", "name": teacher.name, "task": teacher.task,
             "num_outputs": teacher.num_outputs, "head": teacher.head, "arch": teacher.arch,
             "width_multiplier": teacher.width_multiplier,
-            "extra": json.loads(teacher.extra_json)}
+            "extra": json.loads(teacher.extra_json), "input_coords": teacher.input_coords}
   return {"kind": "student", "name": teacher.name, "student": spec_to_dict(teacher.student),
           "branch_points": list(teacher.branch_points)}
 
@@ -252,7 +260,8 @@ def from_dict(data: Mapping[str, Any]) -> Any:
   if kind == "segnet":
     return SegNetTeacher(data["name"], data["task"], int(data["num_outputs"]), data["head"],
                          data["arch"], float(data["width_multiplier"]),
-                         json.dumps(data.get("extra", {}), sort_keys=True))
+                         json.dumps(data.get("extra", {}), sort_keys=True),
+                         bool(data.get("input_coords", False)))  # absent before coords
   if kind == "student":
     return StudentTeacher(data["name"], spec_from_dict(data["student"]),
                           tuple(data["branch_points"]))

@@ -32,7 +32,8 @@ def build_model(config: ml_collections.ConfigDict) -> segnet.SegNet:
                        bn_axis_name=step_parallelism.bn_axis_name(config),
                        dtype=step_parallelism.compute_dtype(config),
                        remat=config.get("remat", False),
-                       head_init=m.get("head_init", "he_fan_out"))
+                       head_init=m.get("head_init", "he_fan_out"),
+                       input_coords=m.get("input_coords", False))
 
 
 def teacher_extra(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -203,9 +204,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 
 def load_imagenet_encoder(variables: dict[str, Any], path: str) -> dict[str, Any]:
-  """Replaces the encoder with converted torchvision vgg16_bn ImageNet weights."""
+  """Replaces the encoder with converted torchvision vgg16_bn ImageNet weights.
+
+  With coordinate channels (``model.input_coords``) the first conv's weights for them start
+  at zero, so the encoder starts as ImageNet's and learns to use them.
+  """
   from kajax import convert_torch  # torch is an optional extra.
   encoder = convert_torch.convert_vgg16_bn_imagenet(convert_torch.load_torch_checkpoint(path))
+  first = variables["params"]["down1"]["layer0"]["conv"]["kernel"]
+  imagenet_first = encoder["params"]["down1"]["layer0"]["conv"]["kernel"]
+  extra = first.shape[2] - imagenet_first.shape[2]
+  if extra > 0:
+    down1 = jax.tree.map(lambda a: a, encoder["params"]["down1"])  # a copy to modify
+    down1["layer0"]["conv"]["kernel"] = np.concatenate(
+        [imagenet_first, np.zeros(imagenet_first.shape[:2] + (extra,) + imagenet_first.shape[3:],
+                                  imagenet_first.dtype)], axis=2)
+    encoder = {**encoder, "params": {**encoder["params"], "down1": down1}}
   params = dict(variables["params"])
   stats = dict(variables["batch_stats"])
   params.update(encoder["params"])
@@ -225,7 +239,8 @@ def export_teacher(config: ml_collections.ConfigDict, state: optim.TrainState,
   m = config.model
   info = teacher_files.TeacherInfo(
       task=config.task, num_outputs=m.num_outputs, arch=m.arch, head=m.head,
-      width_multiplier=m.width_multiplier, params=segnet.count_params(variables["params"]),
+      width_multiplier=m.width_multiplier, input_coords=bool(m.get("input_coords", False)),
+      params=segnet.count_params(variables["params"]),
       source=f"kajax teacher training ({config.dataset}:{config.train_split}, "
              f"{config.num_steps} steps)", source_sha256=None, extra=teacher_extra(config))
   if multihost.is_main_process():
