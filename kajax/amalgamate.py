@@ -101,7 +101,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   loaded = teacher_setup.load_teachers(config, workdir)
   spec = student_spec.StudentSpec(tuple(t.model for t in loaded.values()),
                                   gate_form=config.gate_form,
-                                  trunk_task=config.get("trunk_task") or None)
+                                  trunk_task=config.get("trunk_task") or None,
+                                  input_coords=config.get("input_coords"))
   data_dir = data_sources.resolve_data_dir(config.data_dir)
   extras = spec.extras()
   fns = {}

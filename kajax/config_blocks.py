@@ -339,6 +339,9 @@ def amalgamation_config(tasks, dataset, *, unlabeled_split, branch_split, test_s
   c.teachers = ml_collections.ConfigDict(
       {t: {"dir": f"{{workdir}}/teachers/{t}", "train_config": None} for t in tasks})
   c.trunk_task = "seg" if "seg" in tasks else tasks[0]  # initialises encoder + trunk
+  # Coordinate channels for the student (kajax.segnet.COORD_CHANNELS): unset = as its trunk
+  # teacher; True adds them to a trunk teacher without them (their weights start at zero).
+  c.input_coords = ml_collections.config_dict.placeholder(bool)
   c.gate_form = "identity"  # identity (2*sigmoid, starts at 1) | port (KamalEngine)
   c.dataset = dataset
   c.data_dir = ""

@@ -111,6 +111,24 @@ def _assemble(expected: dict[str, Any], sources: dict[str, tuple[str, dict[str, 
   return out
 
 
+def _add_coordinate_inputs(expected: dict[str, Any],
+                           sources: dict[str, tuple[str, dict[str, Any]]]) -> None:
+  """Zero weights for coordinate channels the student reads and its source encoder does not
+  (``StudentSpec.input_coords``): the student still starts as that encoder."""
+  want = expected["params"]["down1"]["layer0"]["conv"]["kernel"].shape
+  description, subtrees = sources["down1"]
+  kernel = subtrees.get("params", {}).get("layer0", {}).get("conv", {}).get("kernel")
+  if kernel is None or kernel.shape[2] >= want[2]:
+    return  # nothing to add (or a mismatch that _checked_copy reports)
+  padded = jnp.concatenate(
+      [kernel, jnp.zeros(kernel.shape[:2] + (want[2] - kernel.shape[2],) + kernel.shape[3:],
+                         kernel.dtype)], axis=2)
+  down1 = dict(subtrees["params"])
+  down1["layer0"] = {**down1["layer0"], "conv": {**down1["layer0"]["conv"], "kernel": padded}}
+  sources["down1"] = (description + " (+ zero weights for coordinate channels)",
+                      {**subtrees, "params": down1})
+
+
 def _block(variables: Mapping[str, Any], name: str, description: str
            ) -> tuple[str, dict[str, Any]]:
   """Source entry for block ``name`` of a ``{'params', 'batch_stats'}`` tree."""
@@ -142,6 +160,7 @@ def init_trunk_from_teachers(spec: StudentSpec, teacher_variables: Mapping[str, 
   where = f"teacher_variables[{owner.name!r}]"
   trunk = owner.trunk_variables(teacher_variables[owner.name])
   sources = {name: _block(trunk, name, where) for name in ENCODER_BLOCKS + TRUNK_BLOCKS}
+  _add_coordinate_inputs(expected, sources)
   gates = [name for name in expected["params"] if name.startswith("gate_")]
   fresh = {name: _fresh_gate(spec, expected["params"][name], key)
            for name, key in zip(gates, jax.random.split(rng, len(gates)))}
@@ -183,6 +202,7 @@ def init_student_from_teachers(spec: StudentSpec, branch_points: Sequence[int],
     shared_name = f"teacher_variables[{owner.name!r}]"
   sources = {name: _block(shared, name, shared_name)
              for name in ENCODER_BLOCKS + DECODER_BLOCKS[:max(ks)]}
+  _add_coordinate_inputs(expected, sources)
   fresh = {}
   for i, (teacher, k) in enumerate(zip(spec.teachers, ks)):
     gate = f"gate_{teacher.name}_{k}"

@@ -29,10 +29,15 @@ class StudentSpec:
     gate_form: 'identity' (default) or 'port' (see ``kajax.gates``).
     trunk_task: task whose teacher initialises the encoder and trunk; None picks the first
       task whose name starts with 'seg', else the first task.
+    input_coords: whether the student appends coordinate channels to its image
+      (``kajax.segnet.with_coordinate_channels``); None: as its trunk teacher does. A
+      student may add them to a trunk teacher without them (their weights start at zero,
+      ``kajax.student_init``), not drop them.
   """
   teachers: tuple[Any, ...]
   gate_form: str = "identity"
   trunk_task: str | None = None
+  input_coords: bool | None = None
 
   def __post_init__(self):
     object.__setattr__(self, "teachers", tuple(self.teachers))
@@ -72,6 +77,17 @@ class StudentSpec:
     elif self.trunk_task not in self.tasks:
       raise ValueError(f"trunk_task={self.trunk_task!r} is not one of the student's tasks "
                        f"{self.tasks}.")
+    trunk_coords = bool(self.trunk_teacher.input_coords)
+    if self.input_coords is None:
+      object.__setattr__(self, "input_coords", trunk_coords)
+    elif not isinstance(self.input_coords, bool):
+      raise ValueError(f"input_coords={self.input_coords!r} must be True, False or None (as "
+                       "the trunk teacher).")
+    elif trunk_coords and not self.input_coords:
+      raise ValueError(
+          f"input_coords=False, but the trunk teacher {self.trunk_teacher.name!r} reads "
+          "coordinate channels and the student starts from its encoder; leave "
+          "--config.input_coords unset (or True), or pick another --config.trunk_task.")
 
   @property
   def arch(self) -> str:
@@ -80,12 +96,6 @@ class StudentSpec:
   @property
   def width_multiplier(self) -> float:
     return float(self.teachers[0].width_multiplier)
-
-  @property
-  def input_coords(self) -> bool:
-    """Whether the student appends coordinate channels to its image: as its trunk teacher
-    does, whose encoder it starts from (the other teachers' encoders are not used)."""
-    return bool(self.trunk_teacher.input_coords)
 
   @property
   def tasks(self) -> tuple[str, ...]:

@@ -271,9 +271,9 @@ def from_dict(data: Mapping[str, Any]) -> Any:
 
 def spec_to_dict(spec: StudentSpec) -> dict[str, Any]:
   return {"teachers": [to_dict(t) for t in spec.teachers], "gate_form": spec.gate_form,
-          "trunk_task": spec.trunk_task}
+          "trunk_task": spec.trunk_task, "input_coords": spec.input_coords}
 
 
 def spec_from_dict(data: Mapping[str, Any]) -> StudentSpec:
   return StudentSpec(tuple(from_dict(t) for t in data["teachers"]), data["gate_form"],
-                     data.get("trunk_task"))
+                     data.get("trunk_task"), data.get("input_coords"))  # older: as trunk

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from kajax import segnet, teacher_files, teacher_model, train_teacher
-from kajax.student_init import init_student_from_teachers
+from kajax.student_init import init_student_from_teachers, init_trunk_from_teachers
 from kajax.student_model import Student
 from kajax.student_spec import StudentSpec
 from tests import fakes
@@ -160,3 +160,37 @@ def test_imagenet_start_gives_the_channels_zero_weights(monkeypatch, image):
   mixed = {c: {**start[c], **decoder[c]} for c in start}
   np.testing.assert_allclose(with_coords.apply(mixed, image, False)[0],
                              plain.apply(imagenet, image, False)[0], **TOL)
+
+
+def test_student_can_add_channels_its_trunk_teacher_lacks(image):
+  """``--config.input_coords=True`` on teachers without them: zero weights for the two
+  channels, so the block-wise trunk and the fixed student still start as the teachers."""
+  seg = segnet.SegNet(13, width_multiplier=WIDTH)
+  depth = segnet.SegNet(1, width_multiplier=WIDTH, input_coords=True)
+  variables = {"seg": fakes.random_variables(seg, 8), "depth": fakes.random_variables(depth, 9)}
+  models = (teacher_model.SegNetTeacher("seg", "seg", 13, width_multiplier=WIDTH),
+            teacher_model.SegNetTeacher("depth", "depth", 1, width_multiplier=WIDTH,
+                                        input_coords=True))
+  assert not StudentSpec(models).input_coords  # unset: as the trunk teacher (seg)
+  spec = StudentSpec(models, input_coords=True)
+  ks = (1, 3)
+  student_vars = init_student_from_teachers(spec, ks, variables, rng=jax.random.key(0))
+  kernel = student_vars["params"]["down1"]["layer0"]["conv"]["kernel"]
+  assert kernel.shape == (3, 3, 5, 8)
+  np.testing.assert_array_equal(kernel[:, :, :3],
+                                variables["seg"]["params"]["down1"]["layer0"]["conv"]["kernel"])
+  np.testing.assert_array_equal(kernel[:, :, 3:], 0.0)
+  outputs, _ = Student(spec, ks).apply(student_vars, image, False)
+  np.testing.assert_allclose(outputs["seg"], seg.apply(variables["seg"], image, False)[0], **TOL)
+  trunk_vars = init_trunk_from_teachers(spec, variables, jax.random.key(1))
+  np.testing.assert_array_equal(trunk_vars["params"]["down1"]["layer0"]["conv"]["kernel"],
+                                kernel)
+  # The choice is part of the exported description; older descriptions mean "as the trunk".
+  described = teacher_model.spec_to_dict(spec)
+  assert teacher_model.spec_from_dict(described) == spec
+  del described["input_coords"]
+  assert teacher_model.spec_from_dict(described).input_coords is False
+  # Dropping the channels of a trunk teacher that reads them is refused, naming the flag.
+  with pytest.raises(ValueError, match=r"input_coords=False, but the trunk teacher 'depth'.*"
+                     r"--config.input_coords"):
+    StudentSpec(models, trunk_task="depth", input_coords=False)
