@@ -168,7 +168,8 @@ def drawn_path_outputs(trunk: student_model.StudentTrunk, params: Any, batch_sta
                                *args, True, mutable=["batch_stats"])
     return out, mutated["batch_stats"]
 
-  x, indices = images, []
+  x = segnet.with_coordinate_channels(images) if spec.input_coords else images
+  indices = []
   for name in segnet.ENCODER_BLOCKS:
     block = segnet.encoder_block(name, spec.arch, spec.width_multiplier, remat=trunk.remat,
                                  **options)

@@ -194,3 +194,30 @@ def test_student_can_add_channels_its_trunk_teacher_lacks(image):
   with pytest.raises(ValueError, match=r"input_coords=False, but the trunk teacher 'depth'.*"
                      r"--config.input_coords"):
     StudentSpec(models, trunk_task="depth", input_coords=False)
+
+
+def test_block_step_path_reads_the_channels(image):
+  """The block-wise step's drawn-path forward (``amalgamation_steps.drawn_path_outputs``)
+  equals the full block-wise trunk with its projections, coordinate weights non-zero."""
+  from kajax import amalgamation_steps
+  from kajax.student_model import StudentTrunk, switch_tail
+  seg = segnet.SegNet(13, width_multiplier=WIDTH)
+  depth = segnet.SegNet(1, width_multiplier=WIDTH)
+  teacher_vars = {"seg": fakes.random_variables(seg, 10),
+                  "depth": fakes.random_variables(depth, 11)}
+  models = (teacher_model.SegNetTeacher("seg", "seg", 13, width_multiplier=WIDTH),
+            teacher_model.SegNetTeacher("depth", "depth", 1, width_multiplier=WIDTH))
+  spec = StudentSpec(models, input_coords=True)
+  trunk = StudentTrunk(spec)
+  variables = init_trunk_from_teachers(spec, teacher_vars, jax.random.key(2))
+  kernel = variables["params"]["down1"]["layer0"]["conv"]["kernel"]
+  weights = np.asarray(kernel).copy()
+  weights[:, :, 3:] = np.random.default_rng(12).standard_normal(weights[:, :, 3:].shape)
+  variables["params"]["down1"]["layer0"]["conv"]["kernel"] = jnp.asarray(weights)
+  ks = jnp.asarray((2, 1), jnp.int32)
+  drawn, _ = amalgamation_steps.drawn_path_outputs(
+      trunk, variables["params"], variables["batch_stats"], image, ks, teacher_vars, models)
+  (gated, indices), _ = trunk.apply(variables, image, train=True, mutable=["batch_stats"])
+  for g, m in enumerate(models):
+    full = switch_tail(g, ks[g], gated, indices, m, teacher_vars[m.name])
+    np.testing.assert_allclose(drawn[m.name], full[m.name], rtol=1e-4, atol=1e-5)
