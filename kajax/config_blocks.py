@@ -420,7 +420,10 @@ def rooms_student(tasks, teachers, args=ConfigArgs()):
   teachers: the student's depth does not follow, so neither is used. Two leads on the same
   seed-0 teachers (one run each, 2026-12-04; today's student 0.450 mIoU / 0.636 m, k = (1,
   2)): Adam 2e-3 for both phases 0.452 / 0.613 m, k = (4, 2), 16% fewer parameters;
-  lambda_depth = 4 0.446 / 0.624 m, k = (0, 2). The first is worth three seeds."""
+  lambda_depth = 4 0.446 / 0.624 m, k = (0, 2). Adam 2e-3 on seed 1's teachers too: 0.344
+  mIoU / 0.645 m, k = (4, 3), against 0.359 / 0.682 m, k = (2, 3): depth -3.6% and -5.3%,
+  parsing +0.1 and -1.5 points over the two seeds -- a trade, not yet a default; seed 2
+  decides."""
   c = amalgamation_config(
       tasks, "synthetic_rooms/small", unlabeled_split="unlabeled",
       branch_split="validation", test_split="test", block_steps=300, finetune_steps=1000,
