@@ -151,6 +151,20 @@ def with_coordinate_channels(x: jax.Array) -> jax.Array:
                           jnp.broadcast_to(cols, (n, h, w, 1))], axis=-1)
 
 
+def widen_first_conv(down1_params: Any, input_channels: int) -> Any:
+  """``down1``'s params with zero weights appended to its first conv for the extra inputs
+  (coordinate channels a source encoder lacks), so the block computes what it did; a new
+  tree, the given one is left as it was. Unchanged when already as wide."""
+  kernel = down1_params["layer0"]["conv"]["kernel"]
+  extra = input_channels - kernel.shape[2]
+  if extra <= 0:
+    return down1_params
+  zeros = jnp.zeros(kernel.shape[:2] + (extra,) + kernel.shape[3:], kernel.dtype)
+  layer0 = {**down1_params["layer0"], "conv": {**down1_params["layer0"]["conv"],
+                                               "kernel": jnp.concatenate([kernel, zeros], 2)}}
+  return {**down1_params, "layer0": layer0}
+
+
 def _conv_init(name: str = "he_fan_out"):
   # He initialisation (fan-out), the usual choice for VGG-BN; teachers are normally loaded.
   if name == "fan_in":

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from kajax.gates import ChannelGate
-from kajax.segnet import DECODER_BLOCKS, ENCODER_BLOCKS
+from kajax.segnet import DECODER_BLOCKS, ENCODER_BLOCKS, widen_first_conv
 from kajax.student_model import TRUNK_BLOCKS, Student, StudentTrunk
 from kajax.student_spec import StudentSpec, check_branch_points
 
@@ -115,18 +115,13 @@ def _add_coordinate_inputs(expected: dict[str, Any],
                            sources: dict[str, tuple[str, dict[str, Any]]]) -> None:
   """Zero weights for coordinate channels the student reads and its source encoder does not
   (``StudentSpec.input_coords``): the student still starts as that encoder."""
-  want = expected["params"]["down1"]["layer0"]["conv"]["kernel"].shape
+  want = expected["params"]["down1"]["layer0"]["conv"]["kernel"].shape[2]
   description, subtrees = sources["down1"]
   kernel = subtrees.get("params", {}).get("layer0", {}).get("conv", {}).get("kernel")
-  if kernel is None or kernel.shape[2] >= want[2]:
+  if kernel is None or kernel.shape[2] >= want:
     return  # nothing to add (or a mismatch that _checked_copy reports)
-  padded = jnp.concatenate(
-      [kernel, jnp.zeros(kernel.shape[:2] + (want[2] - kernel.shape[2],) + kernel.shape[3:],
-                         kernel.dtype)], axis=2)
-  down1 = dict(subtrees["params"])
-  down1["layer0"] = {**down1["layer0"], "conv": {**down1["layer0"]["conv"], "kernel": padded}}
   sources["down1"] = (description + " (+ zero weights for coordinate channels)",
-                      {**subtrees, "params": down1})
+                      {**subtrees, "params": widen_first_conv(subtrees["params"], want)})
 
 
 def _block(variables: Mapping[str, Any], name: str, description: str

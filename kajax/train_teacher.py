@@ -211,15 +211,9 @@ def load_imagenet_encoder(variables: dict[str, Any], path: str) -> dict[str, Any
   """
   from kajax import convert_torch  # torch is an optional extra.
   encoder = convert_torch.convert_vgg16_bn_imagenet(convert_torch.load_torch_checkpoint(path))
-  first = variables["params"]["down1"]["layer0"]["conv"]["kernel"]
-  imagenet_first = encoder["params"]["down1"]["layer0"]["conv"]["kernel"]
-  extra = first.shape[2] - imagenet_first.shape[2]
-  if extra > 0:
-    down1 = jax.tree.map(lambda a: a, encoder["params"]["down1"])  # a copy to modify
-    down1["layer0"]["conv"]["kernel"] = np.concatenate(
-        [imagenet_first, np.zeros(imagenet_first.shape[:2] + (extra,) + imagenet_first.shape[3:],
-                                  imagenet_first.dtype)], axis=2)
-    encoder = {**encoder, "params": {**encoder["params"], "down1": down1}}
+  inputs = variables["params"]["down1"]["layer0"]["conv"]["kernel"].shape[2]
+  down1 = segnet.widen_first_conv(encoder["params"]["down1"], inputs)
+  encoder = {**encoder, "params": {**encoder["params"], "down1": down1}}
   params = dict(variables["params"])
   stats = dict(variables["batch_stats"])
   params.update(encoder["params"])
