@@ -32,7 +32,8 @@ from etils import epath
 from kajax import (amalgamation_steps as steps, branch_search, checkpointing, data_sources,
                    export, host_memory, input_pipeline, multihost, optim, parallel, results,
                    step_parallelism, storage, student_init, student_model, student_spec, tasks,
-                   teacher_setup, teacher_targets, train_teacher, training_logs, training_loop)
+                   teacher_setup, teacher_targets, teacher_views, train_teacher, training_logs,
+                   training_loop)
 
 
 @dataclasses.dataclass
@@ -48,6 +49,8 @@ class Run:
   lambdas: dict[str, float]  # by task
   data_dir: str
   writer: training_logs.Writer
+  # The views each teacher target averages (config.loss.teacher_flip_average, teacher_shifts).
+  target_views: teacher_views.TeacherViews = teacher_views.PLAIN
   # {task: (N, H, W, C) float32} over the unlabelled split, computed at first use when
   # --config.loss.teacher_targets='precomputed' (kajax.teacher_targets).
   targets: dict[str, np.ndarray] | None = None
@@ -89,6 +92,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"--config.block.path={config.block.path!r}: choose one of "
                      f"{steps.BLOCK_PATHS}.")
   teacher_targets.check_mode(config.loss.get("teacher_targets", "per_step"))
+  teacher_views.from_config(config.loss)  # raises on a malformed teacher_shifts
   step_parallelism.check_config(config)
 
 
@@ -125,7 +129,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   return Run(config=config, workdir=workdir, mesh=mesh, teachers=loaded,
              teacher_vars=parallel.replicate({n: tc.variables for n, tc in loaded.items()},
                                              mesh),
-             spec=spec, projection_fns=fns,
+             spec=spec, projection_fns=fns, target_views=teacher_views.from_config(config.loss),
              lambdas={t: float(config.loss.lambdas[t]) for t in spec.tasks},
              data_dir=data_dir, writer=training_logs.Writer(workdir))
 
@@ -188,7 +192,7 @@ def _unlabeled_source(run: Run) -> Any:
     run.targets = teacher_targets.compute(
         source, functools.partial(steps.teacher_outputs, teacher_models=run.teacher_models,
                                   dtype=step_parallelism.compute_dtype(c),
-                                  flip_average=c.loss.get("teacher_flip_average", False)),
+                                  views=run.target_views),
         run.teacher_vars, run.mesh, input_config=c.input, batch_size=c.eval_batch_size)
   return teacher_targets.WithTargets(source, run.targets)
 
@@ -298,7 +302,7 @@ def block_phase(run: Run) -> Any:
       tx=tx, num_steps=c.block.num_steps, schedule=c.block.schedule,
       block_path=c.block.get("path", "drawn_path"),
       grad_accum_steps=c.get("grad_accum_steps", 1),
-      teacher_flip=c.loss.get("teacher_flip_average", False)), c)
+      target_views=run.target_views), c)
   rng = jax.random.key(c.seed + 1)
   state = training_loop.run("block", lambda s, b: jitted(s, run.teacher_vars, b, rng), state,
                    train_iter, run.mesh,
@@ -317,7 +321,7 @@ def branch_phase(run: Run, trunk_variables: Any) -> tuple[tuple[int, ...], np.nd
       steps.branch_losses, trunk=student_model.StudentTrunk(
           run.spec, dtype=step_parallelism.compute_dtype(c)),
       teacher_models=run.teacher_models, projection_fns=run.projection_fns,
-      teacher_flip=c.loss.get("teacher_flip_average", False)))
+      target_views=run.target_views))
   totals = None
   source = run.source(c.branch_split)
   for local in input_pipeline.make_eval_iterator(source, c.input,
@@ -366,7 +370,7 @@ def finetune_phase(run: Run, branch_points: tuple[int, ...], trunk_variables: An
       steps.finetune_train_step, model=model, teacher_models=run.teacher_models,
       projection_fns=run.projection_fns, lambdas=run.lambdas, tx=tx,
       grad_accum_steps=c.get("grad_accum_steps", 1),
-      teacher_flip=c.loss.get("teacher_flip_average", False)), c)
+      target_views=run.target_views), c)
   rng = jax.random.key(c.seed + 3)
   state = training_loop.run("finetune", lambda s, b: jitted(s, run.teacher_vars, b, rng), state,
                    train_iter, run.mesh,

@@ -41,8 +41,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from kajax import optim, segnet, student_model, tasks, teacher_targets
+from kajax import optim, segnet, student_model, tasks, teacher_targets, teacher_views
 from kajax.gates import ChannelGate
+from kajax.teacher_views import TeacherViews
 
 # ℓ_t(student raw output, teacher raw output) -> scalar mean over all pixels of the batch
 # (built by ``kajax.tasks.projection_fn``; its ``weights`` give the mean's pixel weights).
@@ -61,24 +62,25 @@ def pixel_weights(fn: ProjectionFn, teacher_out: jax.Array) -> jax.Array:
 
 def teacher_outputs(teachers: Mapping[str, Any], images: jax.Array,
                     teacher_models: Sequence[Any], dtype: Any = None,
-                    flip_average: bool = False) -> dict[str, jax.Array]:
+                    views: TeacherViews = teacher_views.PLAIN) -> dict[str, jax.Array]:
   """Y_t: every teacher's full outputs on the batch, {task: output}, frozen (inference mode,
   no gradient), computed in ``dtype`` and returned in float32 (the KL targets stay float32).
 
-  ``flip_average`` (``config.loss.teacher_flip_average``): Y_t is the mean of the teacher's
-  raw outputs on the image and on its mirror image, mirrored back by the task
-  (``DenseTask.mirror_raw``; normals negate x) -- test-time augmentation of the teacher, a
-  better target that needs no label. Both views go through one teacher forward.
+  ``views`` (``teacher_views.from_config``: ``config.loss.teacher_flip_average`` and
+  ``teacher_shifts``): Y_t is the mean of the teacher's raw outputs over the mirrored and
+  shifted views of the image, each moved back onto the image's pixels (``kajax.teacher_views``)
+  -- test-time augmentation of the teacher, a better target that needs no label. All views go
+  through one teacher forward.
   """
-  if not flip_average:
+  if views.is_plain:
     return {task: jax.lax.stop_gradient(out).astype(jnp.float32) for model in teacher_models
             for task, out in model.outputs(teachers[model.name], images, dtype).items()}
-  both = jnp.concatenate([images, images[:, :, ::-1]])  # NHWC: axis 2 is the width
+  stacked = teacher_views.stack_views(images, views)
   targets = {}
   for model in teacher_models:
-    for task, out in model.outputs(teachers[model.name], both, dtype).items():
-      plain, mirrored = jnp.split(jax.lax.stop_gradient(out).astype(jnp.float32), 2)
-      targets[task] = 0.5 * (plain + tasks.get(task).mirror_raw(mirrored))
+    for task, out in model.outputs(teachers[model.name], stacked, dtype).items():
+      targets[task] = teacher_views.average_views(
+          jax.lax.stop_gradient(out).astype(jnp.float32), views, tasks.get(task).mirror_raw)
   return targets
 
 
@@ -90,7 +92,7 @@ def student_inputs(batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
 
 
 def step_targets(micro: Mapping[str, jax.Array], teachers: Mapping[str, Any],
-                 teacher_models: Sequence[Any], dtype: Any, flip_average: bool
+                 teacher_models: Sequence[Any], dtype: Any, views: TeacherViews
                  ) -> dict[str, jax.Array]:
   """Y_t of a (micro-)batch: its precomputed targets when it carries them, else the
   teachers run now (:func:`teacher_outputs`)."""
@@ -98,7 +100,7 @@ def step_targets(micro: Mapping[str, jax.Array], teachers: Mapping[str, Any],
   cached = teacher_targets.batch_targets(micro, names)
   if cached is not None:
     return cached
-  return teacher_outputs(teachers, micro["image"], teacher_models, dtype, flip_average)
+  return teacher_outputs(teachers, micro["image"], teacher_models, dtype, views)
 
 
 def draw_branch_points(rng: jax.Array, step: jax.Array, num_teachers: int, num_steps: int,
@@ -210,7 +212,7 @@ def block_train_step(state: optim.TrainState, teachers: Mapping[str, Any],
                      lambdas: Mapping[str, float], tx: optax.GradientTransformation,
                      num_steps: int, schedule: str = "random", block_path: str = "drawn_path",
                      grad_accum_steps: int = 1, axis_name: str | None = None,
-                     teacher_flip: bool = False
+                     target_views: TeacherViews = teacher_views.PLAIN
                      ) -> tuple[optim.TrainState, dict[str, jax.Array]]:
   """Step 2: one update of the trunk and gates through the frozen teacher tails.
 
@@ -221,8 +223,7 @@ def block_train_step(state: optim.TrainState, teachers: Mapping[str, Any],
   all gates each step (the same loss and gradients; the unused blocks' BatchNorm statistics
   move too). ``grad_accum_steps`` > 1 splits the batch into that many micro-batches
   (``optim.accumulate``); ``axis_name`` is the device axis when run under ``jax.pmap``;
-  ``teacher_flip`` averages the teachers' targets over a mirrored view
-  (:func:`teacher_outputs`).
+  ``target_views`` are the views the teachers' targets average over (:func:`teacher_outputs`).
   """
   if block_path not in BLOCK_PATHS:
     raise ValueError(f"block_path={block_path!r}: choose one of {BLOCK_PATHS}.")
@@ -230,7 +231,7 @@ def block_train_step(state: optim.TrainState, teachers: Mapping[str, Any],
 
   def micro_step(micro):
     images = micro["image"]
-    targets = step_targets(micro, teachers, teacher_models, trunk.dtype, teacher_flip)
+    targets = step_targets(micro, teachers, teacher_models, trunk.dtype, target_views)
 
     def loss_of(params):
       if block_path == "all_blocks":
@@ -261,7 +262,7 @@ def block_train_step(state: optim.TrainState, teachers: Mapping[str, Any],
 def branch_losses(trunk_variables: Any, teachers: Mapping[str, Any],
                   batch: Mapping[str, jax.Array], *, trunk: nn.Module,
                   teacher_models: Sequence[Any], projection_fns: Mapping[str, ProjectionFn],
-                  teacher_flip: bool = False) -> dict[str, Any]:
+                  target_views: TeacherViews = teacher_views.PLAIN) -> dict[str, Any]:
   """Step 3: the training loss of every (task, k) on a batch, as sums to pool over a split.
 
   For each task t and branch point k: the sum over the batch's real images of
@@ -269,7 +270,7 @@ def branch_losses(trunk_variables: Any, teachers: Mapping[str, Any],
   over its pixels. Summed over every batch of a split and divided once by the summed weights
   (:func:`branch_table`), that is exactly the training loss of the split as one batch
   (class-weighted parsing KL included), not a mean of per-image means. Padding images
-  (``mask`` False) count nowhere. ``teacher_flip`` as in :func:`block_train_step` (the
+  (``mask`` False) count nowhere. ``target_views`` as in :func:`block_train_step` (the
   table measures the loss the student was trained with).
 
   Returns:
@@ -277,7 +278,7 @@ def branch_losses(trunk_variables: Any, teachers: Mapping[str, Any],
   """
   images = batch["image"]
   mask = batch["mask"].astype(jnp.float32)
-  targets = teacher_outputs(teachers, images, teacher_models, trunk.dtype, teacher_flip)
+  targets = teacher_outputs(teachers, images, teacher_models, trunk.dtype, target_views)
   gated, indices = trunk.apply(trunk_variables, images, train=False)
   sums, weights = {}, {}
   for g, model in enumerate(teacher_models):
@@ -315,17 +316,17 @@ def finetune_train_step(state: optim.TrainState, teachers: Mapping[str, Any],
                         projection_fns: Mapping[str, ProjectionFn],
                         lambdas: Mapping[str, float], tx: optax.GradientTransformation,
                         grad_accum_steps: int = 1, axis_name: str | None = None,
-                        teacher_flip: bool = False
+                        target_views: TeacherViews = teacher_views.PLAIN
                         ) -> tuple[optim.TrainState, dict[str, jax.Array]]:
   """Step 4: one end-to-end update of the fixed-branch student (everything trainable).
 
-  ``grad_accum_steps``, ``axis_name`` and ``teacher_flip`` as in :func:`block_train_step`.
+  ``grad_accum_steps``, ``axis_name`` and ``target_views`` as in :func:`block_train_step`.
   """
   del rng  # No randomness in this phase; kept for the common step signature.
 
   def micro_step(micro):
     images = micro["image"]
-    targets = step_targets(micro, teachers, teacher_models, model.dtype, teacher_flip)
+    targets = step_targets(micro, teachers, teacher_models, model.dtype, target_views)
 
     def loss_of(params):
       (outputs, _), mutated = model.apply(

@@ -48,15 +48,20 @@ def choose_branch_points(table: np.ndarray, tau: float) -> tuple[int, ...]:
 
 def parse_override(override: str | Sequence[int] | None, task_names: Sequence[str]
                    ) -> tuple[int, ...] | None:
-  """``--config.branch.override`` ('1,2' or a tuple, one k per task) -> tuple, or None."""
+  """``--config.branch.override`` ('1,2' or a tuple, one k per task; a single k is the same
+  for every task) -> tuple, or None."""
   if override in (None, "", ()):
     return None
+  if isinstance(override, int):
+    override = (override,)
   values = override.split(",") if isinstance(override, str) else list(override)
   try:
     points = tuple(int(v) for v in values)
   except ValueError as e:
     raise ValueError(f"--config.branch.override={override!r}: give one integer per task "
-                     f"({', '.join(task_names)}), e.g. '1,2'.") from e
+                     f"({', '.join(task_names)}), e.g. '1,2', or one for all.") from e
+  if len(points) == 1:
+    points = points * len(task_names)
   if len(points) != len(task_names) or not all(
       0 <= k < segnet.NUM_BRANCH_POINTS for k in points):
     raise ValueError(f"--config.branch.override={override!r}: need {len(task_names)} values "

@@ -16,6 +16,7 @@ import pytest
 from kajax import amalgamation_steps as steps
 from kajax import optim, parallel, segnet, student_init, student_model, student_spec, tasks
 from kajax import teacher_model
+from kajax.teacher_views import TeacherViews
 from tests import fakes
 
 TASKS = ("seg", "depth")
@@ -56,7 +57,7 @@ def _block_step(s, num_steps=10, schedule="random", teacher_flip=True):
   fn = functools.partial(steps.block_train_step, trunk=student_model.StudentTrunk(s["spec"]),
                          teacher_models=s["spec"].teachers, projection_fns=s["fns"],
                          lambdas=LAMBDAS, tx=tx, num_steps=num_steps, schedule=schedule,
-                         teacher_flip=teacher_flip)
+                         target_views=TeacherViews(flip=teacher_flip))
   return fn, tx
 
 
@@ -130,7 +131,7 @@ def test_no_gradient_reaches_teacher_parameters(setup):
 
 def test_selected_path_equals_direct_forward(setup):
   """The step's per-task loss is the projection of the drawn path against the teacher's
-  flip-averaged output (teacher_flip=True), not against its plain output."""
+  flip-averaged output (TeacherViews(flip=True)), not against its plain output."""
   s = setup
   state = optim.create_train_state(s["trunk_vars"], s["tx"])
   rng = jax.random.key(7)
@@ -370,14 +371,14 @@ def _mirror(a):
 
 
 def test_flip_averaged_teacher_targets(setup):
-  """Y_t with flip_average = (teacher(x) + mirror(teacher(mirror(x)))) / 2, each view run on
+  """Y_t over the mirror pair = (teacher(x) + mirror(teacher(mirror(x)))) / 2, each view run on
   its own here; a normals teacher's mirrored x component changes sign."""
   normals = fakes.make_teacher("normals", 3, 2)
   models = setup["spec"].teachers + (teacher_model.from_teacher_info("normals", normals[2]),)
   modules = setup["modules"] + (normals[0],)
   variables = dict(setup["teacher_vars"], normals=normals[1])
   x = setup["images"]
-  got = steps.teacher_outputs(variables, x, models, flip_average=True)
+  got = steps.teacher_outputs(variables, x, models, views=TeacherViews(flip=True))
   for t, m in zip(("seg", "depth", "normals"), modules):
     plain = np.asarray(m.apply(variables[t], x, train=False)[0])
     back = _mirror(m.apply(variables[t], _mirror(x), train=False)[0])

@@ -40,8 +40,13 @@ def test_override_parsing():
   assert branch_search.parse_override("", ("seg", "depth")) is None
   assert branch_search.parse_override("1,3", ("seg", "depth")) == (1, 3)
   assert branch_search.parse_override((0, 4), ("seg", "depth")) == (0, 4)
+  # One value is the same k for every teacher, however many there are.
+  assert branch_search.parse_override("1", ("seg", "depth")) == (1, 1)
+  assert branch_search.parse_override(2, ("seg", "depth", "normals")) == (2, 2, 2)
   with pytest.raises(ValueError, match="override"):
-    branch_search.parse_override("1", ("seg", "depth"))
+    branch_search.parse_override("1,2", ("seg", "depth", "normals"))
+  with pytest.raises(ValueError, match="override"):
+    branch_search.parse_override("5", ("seg", "depth"))
   with pytest.raises(ValueError, match="override"):
     branch_search.parse_override("1,5", ("seg", "depth"))
   with pytest.raises(ValueError, match="override"):

@@ -15,6 +15,7 @@ import pytest
 
 from kajax import amalgamation_steps as steps
 from kajax import augment, input_pipeline, parallel, teacher_model, teacher_targets
+from kajax.teacher_views import TeacherViews
 from tests import fakes
 
 
@@ -69,7 +70,7 @@ def test_precomputed_targets_equal_the_per_step_teachers(three_teachers):
   source = [{"image": rng.integers(0, 256, (32, 48, 3)).astype(np.uint8)} for _ in range(24)]
   mesh = parallel.make_mesh()
   outputs_fn = functools.partial(steps.teacher_outputs, teacher_models=models,
-                                 flip_average=True)
+                                 views=TeacherViews(flip=True))
   teacher_vars = parallel.replicate(variables, mesh)
   table = teacher_targets.compute(source, outputs_fn, teacher_vars, mesh, input_config={},
                                   batch_size=10)  # rounded up to 16: two batches, one padded
