@@ -7,11 +7,11 @@ splits, amalgamates them into one student on unlabelled images, and evaluates al
 
 Budget on 2 CPU cores (``python -m kajax.benchmarks.train_steps``): data ~0.5 min, teachers
 of batch 32 (~4 min each; parsing 1,000 steps at half the side, then 250 at the full size;
-depth 500 steps), then the teachers' targets on the 1,000 unlabelled images once (~10 s) and
-the student, 300 block-wise + 1,000 fine-tuning steps of batch 8 (~3 min; a step's time is
-proportional to its batch on a CPU, so smaller batches buy more updates for the same images):
-~23-29 min on an AVX2-only EPYC; ~11 min on an AVX-512 one (measured with a parsing teacher
-of 500 full-size steps, ~10% faster; README, "Measured").
+depth 500 steps), then the teachers' targets on the 1,000 unlabelled images once (8 views
+each, ~1 min) and the student, 300 block-wise + 2,000 fine-tuning steps of batch 8 (a step's
+time is proportional to its batch on a CPU, so smaller batches buy more updates for the same
+images). Measured times (README, "Measured") are on an AVX2-only EPYC, ~3x slower than an
+AVX-512 one.
 
 ``:long`` takes about 2.5 times as long (each teacher sees 2x as many labelled images, the
 student 3x the steps); its teachers pass 0.40 mIoU and 0.50 m RMSE (README, one seed).
