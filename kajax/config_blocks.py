@@ -418,7 +418,7 @@ def rooms_student(tasks, teachers, args=ConfigArgs()):
   of each unlabelled image (mirror x shifts of 0 / 3 rows x 0 / 5 columns,
   ``kajax.teacher_views``). Student mIoU / depth RMSE: 0.467 / 0.528 m, 0.366 / 0.524 m,
   0.393 / 0.549 m against the teachers' 0.464 / 0.605, 0.391 / 0.546, 0.387 / 0.571 m:
-  depth 12.7 / 4.1 / 3.8% better than its teacher, parsing +0.3 / -2.5 / +0.6 points, with
+  depth 12.7 / 4.1 / 3.7% better than its teacher, parsing +0.3 / -2.5 / +0.6 points, with
   0.59M parameters against the teachers' 0.93M. The recipe before it (the parsing trunk,
   the branch search's k, Adam 5e-4, 1,000 fine-tuning steps, mirror-averaged targets) gave
   0.450 / 0.636 m, 0.359 / 0.682 m, 0.394 / 0.628 m: the new one is better in both tasks on
@@ -438,9 +438,10 @@ def rooms_student(tasks, teachers, args=ConfigArgs()):
   chosen again for them.
 
   Before that recipe: steps, batch and learning rate came from the demo's ~12-minute budget
-  (300 block-wise + 1,000 fine-tuning steps of batch 8, Adam 5e-4). One check on validation (the long recipe's
-  seed-0 teachers, this student length): Adam 2e-3 gives 0.410 mIoU / 0.602 m against 5e-4's
-  0.426 / 0.611 m (branch points (3, 3) vs (1, 2)): no clear gain, so 5e-4 stays. Progressive
+  (300 block-wise + 1,000 fine-tuning steps of batch 8, Adam 5e-4). One check on validation
+  (the long recipe's seed-0 teachers, this student length): Adam 2e-3 gives 0.410 mIoU /
+  0.602 m against 5e-4's 0.426 / 0.611 m (branch points (3, 3) vs (1, 2)): no clear gain, so
+  5e-4 stayed then. Progressive
   resizing of the fine-tuning phase (a prototype; 2026-12-03, validation, the seed-0 demo
   teachers, the AVX2 CPU): 2,500 steps, the first 2,000 at 48x64, in the time of the 1,000
   full-size ones, give 0.421 mIoU / 0.611 m against 0.450 / 0.614 m -- parsing loses 3
@@ -454,9 +455,10 @@ def rooms_student(tasks, teachers, args=ConfigArgs()):
   lambda_depth = 4 0.446 / 0.624 m, k = (0, 2). Adam 2e-3 on seed 1's teachers too: 0.344
   mIoU / 0.645 m, k = (4, 3), against 0.359 / 0.682 m, k = (2, 3); on seed 2's 0.368 /
   0.590 m, k = (4, 4), against 0.394 / 0.628 m, k = (4, 2). Over the three seeds depth
-  -3.6 / -5.3 / -6.0% and parsing +0.1 / -1.5 / -2.7 points: a trade, not a gain, so 5e-4
-  stays. Seed 2's teachers, the same day: a student that starts as the depth teacher itself
-  (``trunk_task='depth'``, ``loss.lambdas.seg=0``) keeps its level, 0.567 m against the
+  -3.6 / -5.3 / -6.0% and parsing +0.1 / -1.5 / -2.7 points: on the parsing trunk a trade,
+  not a gain, so 5e-4 stayed there. Seed 2's teachers, the same day: a student that starts
+  as the depth teacher itself (``trunk_task='depth'``, ``loss.lambdas.seg=0``) keeps its
+  level, 0.567 m against the
   teacher's 0.571 m -- the fine-tuning neither spoils a perfect start nor reaches its
   flip-averaged targets (0.546 m) -- while the shared student starts from the parsing
   encoder and ends at 0.628 m."""
