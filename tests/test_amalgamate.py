@@ -278,10 +278,11 @@ def test_the_same_branch_choice_is_reused(tmp_path):
     config = _amalgamation_config("unused", str(tmp_path), **{"branch.override": override})
     assert amalgamate.check_recorded_search(config, ("seg", "depth"), search,
                                             str(tmp_path)) == (1, 2)
-  # Recorded by the rule: a rerun with the same rule and no override agrees.
+  # Recorded by the rule: a rerun with the same rule and no override (the demo's default is
+  # k = 1, so it is switched off here) agrees.
   search = _recorded(tmp_path, "rule (tau=0.1)")
   search["branch_points"] = {"seg": 2, "depth": 1}
-  config = _amalgamation_config("unused", str(tmp_path))
+  config = _amalgamation_config("unused", str(tmp_path), **{"branch.override": ""})
   assert amalgamate.check_recorded_search(config, ("seg", "depth"), search,
                                           str(tmp_path)) == (2, 1)
   with pytest.raises(ValueError, match="made for teachers"):
