@@ -6,8 +6,8 @@
   the step's augmented images (``kajax.amalgamation_steps.teacher_outputs``).
 * ``'precomputed'`` (the synthetic-rooms configs): before the block-wise phase, each teacher
   runs once over the unlabelled split at the training base resolution (unaugmented;
-  flip-averaged when ``loss.teacher_flip_average`` is on) and the outputs are kept in host
-  memory (float32).
+  averaged over the views of ``loss.teacher_flip_average`` and ``teacher_shifts``,
+  ``kajax.teacher_views``) and the outputs are kept in host memory (float32).
   Training examples then carry their image's targets, zoomed and cropped with the image by
   ``kajax.augment`` and mirrored on the device (:func:`batch_targets`); the steps skip the
   teachers' forward passes (about a third of a fine-tuning step's FLOPs with flip-averaged
@@ -76,7 +76,7 @@ def compute(source: Any, outputs_fn: Callable[[Any, jax.Array], Mapping[str, jax
   """Every teacher's outputs on every image of ``source``: {task: (N, H, W, C) float32}.
 
   ``outputs_fn(teacher_vars, images)`` is what a training step would compute as its targets
-  (``amalgamation_steps.teacher_outputs`` with the run's models, dtype and flip averaging).
+  (``amalgamation_steps.teacher_outputs`` with the run's models, dtype and target views).
   The images come through the evaluation pipeline (``input_pipeline.make_eval_iterator``:
   resized to the base resolution of ``input_config`` -- the source's own when it sets none --
   and normalised as in evaluation), ``batch_size`` images per global batch (rounded up to a
