@@ -186,9 +186,14 @@ def test_drawn_path_equals_the_full_trunk_and_switch(setup):
     (want, want_stats), want_grads = full_fn(variables["params"], ks_arr)
     (got, got_stats), got_grads = drawn_fn(variables["params"], ks_arr)
     np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
+    # Some gradients are zero in exact arithmetic (a conv bias followed by BatchNorm) and
+    # only float32 rounding noise here (~1e-7, varying with the threads' summation order),
+    # which no relative tolerance fits: the absolute one is 1e-4 of the largest gradient
+    # (0.01-0.2 here), far below what a wrong path would change.
+    scale = max(float(jnp.abs(g).max()) for g in jax.tree_util.tree_leaves(want_grads))
     for a, b in zip(jax.tree_util.tree_leaves(got_grads),
                     jax.tree_util.tree_leaves(want_grads)):
-      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4 * scale)
     for j, block in enumerate(student_model.TRUNK_BLOCKS):
       expected = want_stats[block] if j < max(ks) else variables["batch_stats"][block]
       for a, b in zip(jax.tree_util.tree_leaves(got_stats[block]),
