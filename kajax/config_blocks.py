@@ -427,8 +427,8 @@ def rooms_student(tasks, teachers, args=ConfigArgs()):
   channels (``rooms_teacher``; 0.549 / 0.531 / 0.536 m) the same recipe gives 0.463 /
   0.517 m, 0.379 / 0.519 m, 0.380 / 0.508 m: depth 3.5% better on average (in every seed),
   parsing -0.1 points, and the student follows its depth teacher (2.3-5.8% better). The
-  recipe before it (the parsing trunk,
-  the branch search's k, Adam 5e-4, 1,000 fine-tuning steps, mirror-averaged targets) gave
+  recipe before it (the parsing trunk, the branch search's k, Adam 5e-4, 1,000 fine-tuning
+  steps, mirror-averaged targets) gave
   0.450 / 0.636 m, 0.359 / 0.682 m, 0.394 / 0.628 m: the new one is better in both tasks on
   average (+0.8 points, -18% RMSE). How it was found, one seed-0 student per step unless
   said, against the parsing-trunk default: the student masters the task whose teacher gave
