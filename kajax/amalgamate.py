@@ -175,18 +175,26 @@ def _checkpointer(run: Run, phase: str) -> checkpointing.Checkpointer:
                                     run.config.max_checkpoints_to_keep)
 
 
-def _train_iterator(run: Run, seed: int) -> Any:
+def _train_iterator(run: Run, seed: int, *, finished: bool = False) -> Any:
+  """The phase's batches. ``finished``: the phase's checkpoint is at its last step, so no
+  batch will be drawn and the precomputed targets are not worth computing (resuming a
+  finished run only restores and evaluates)."""
   # Images only: the student never sees a label (docs/method.md §1).
   return input_pipeline.make_train_iterator(
-      _unlabeled_source(run), run.config.input,
+      _unlabeled_source(run, with_targets=not finished), run.config.input,
       global_batch_size=run.config.batch_size, seed=seed, images_only=True)
 
 
-def _unlabeled_source(run: Run) -> Any:
+def _phase_finished(ckpt: checkpointing.Checkpointer, num_steps: int) -> bool:
+  # Broadcast: finding it finished skips the targets' computation, a collective.
+  return multihost.broadcast_decision((ckpt.latest_step() or 0) >= num_steps)
+
+
+def _unlabeled_source(run: Run, *, with_targets: bool = True) -> Any:
   """The unlabelled split, with each image's teacher targets when they are precomputed."""
   c = run.config
   source = run.source(c.unlabeled_split)
-  if c.loss.get("teacher_targets", "per_step") == "per_step":
+  if c.loss.get("teacher_targets", "per_step") == "per_step" or not with_targets:
     return source
   if run.targets is None:
     run.targets = teacher_targets.compute(
@@ -294,7 +302,8 @@ def block_phase(run: Run) -> Any:
   tx = optim.make_optimizer(c.optimizer, c.block.num_steps)
   state = parallel.replicate(optim.create_train_state(variables, tx), run.mesh)
   ckpt = _checkpointer(run, "block")
-  train_iter = _train_iterator(run, c.seed)
+  train_iter = _train_iterator(run, c.seed,
+                               finished=_phase_finished(ckpt, c.block.num_steps))
   state = _resume(ckpt, state, train_iter)
   jitted = _compile(functools.partial(
       steps.block_train_step, trunk=trunk, teacher_models=run.teacher_models,
@@ -364,7 +373,8 @@ def finetune_phase(run: Run, branch_points: tuple[int, ...], trunk_variables: An
       run.spec, branch_points, {n: tc.variables for n, tc in run.teachers.items()},
       trunk_variables=trunk_variables, rng=jax.random.key(c.seed))
   state = parallel.replicate(optim.create_train_state(variables, tx), run.mesh)
-  train_iter = _train_iterator(run, c.seed + 2)
+  train_iter = _train_iterator(run, c.seed + 2,
+                               finished=_phase_finished(ckpt, c.finetune.num_steps))
   state = _resume(ckpt, state, train_iter)
   jitted = _compile(functools.partial(
       steps.finetune_train_step, model=model, teacher_models=run.teacher_models,

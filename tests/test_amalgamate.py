@@ -131,6 +131,29 @@ def test_precomputed_teacher_targets_train_like_per_step_ones(data_dir, tmp_path
   assert max(diffs) > 1e-3  # training did move the trunk, so the comparison means something
 
 
+def test_a_finished_phase_resumes_without_computing_the_targets(data_dir, tmp_path,
+                                                               monkeypatch):
+  """Rerunning a finished run restores its phases; the precomputed teacher targets (minutes
+  of teacher inference at the demo's size) are computed only when a step is left to train."""
+  workdir = str(tmp_path / "run")
+  _random_teachers(workdir)
+  config = _amalgamation_config(data_dir, workdir, **{"loss.teacher_targets": "precomputed"})
+  first = jax.device_get(amalgamate.block_phase(amalgamate.setup(config, workdir)))
+
+  def refuse(*args, **kwargs):
+    raise AssertionError("teacher targets computed for a finished phase")
+
+  monkeypatch.setattr(amalgamate.teacher_targets, "compute", refuse)
+  run = amalgamate.setup(config, workdir)
+  again = jax.device_get(amalgamate.block_phase(run))
+  assert run.targets is None
+  _leaves_close(first, again, rtol=0, atol=0)
+  # One step short of the end, the targets are needed again.
+  config.block.num_steps += 1
+  with pytest.raises(AssertionError, match="finished phase"):
+    amalgamate.block_phase(amalgamate.setup(config, workdir))
+
+
 def test_teacher_training_resumes_after_a_kill(data_dir, tmp_path, monkeypatch):
   config = teacher_rooms_seg.get_config("tiny")
   config.data_dir = data_dir
