@@ -1,6 +1,7 @@
 """The README's commands work as written, from a scratch directory, with relative paths.
 
-* Every ``python -m kajax...`` command the README shows (code blocks and inline) is parsed by
+* Every ``python -m kajax...`` command the README and ``docs/*.md`` show (code blocks and
+  inline) is parsed by
   the flags of the module it names, from an empty current directory: flag names, values,
   config files, ``:args`` and ``--config.FIELD`` overrides must all be valid.
 * The quickstart's demo command runs as a subprocess (``configs/demo.py:tiny``, a relative
@@ -27,6 +28,11 @@ from PIL import Image
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 with open(os.path.join(REPO, "README.md")) as _f:
   README = _f.read()
+DOCS = {}
+for _name in sorted(os.listdir(os.path.join(REPO, "docs"))):
+  if _name.endswith(".md"):
+    with open(os.path.join(REPO, "docs", _name)) as _f:
+      DOCS[_name] = _f.read()
 
 
 def _commands(text):
@@ -59,9 +65,12 @@ def _brace_expand(command):
 
 
 def readme_commands():
-  """Every command of every bash block and every inline ``python -m``/``pip`` span."""
-  found = [c for block in _bash_blocks(README) for c in _commands(block)]
-  found += re.findall(r"`((?:python -m |pip install )[^`]*)`", README)
+  """Every command of every bash block and every inline ``python -m``/``pip`` span of the
+  README and of the pages under docs/."""
+  found = []
+  for text in [README, *DOCS.values()]:
+    found += [c for block in _bash_blocks(text) for c in _commands(block)]
+    found += re.findall(r"`((?:python -m |pip install )[^`]*)`", text)
   return [e for c in found for e in _brace_expand(c)]
 
 
