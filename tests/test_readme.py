@@ -1,9 +1,9 @@
 """The README's commands work as written, from a scratch directory, with relative paths.
 
 * Every ``python -m kajax...`` command the README and ``docs/*.md`` show (code blocks and
-  inline) is parsed by
-  the flags of the module it names, from an empty current directory: flag names, values,
-  config files, ``:args`` and ``--config.FIELD`` overrides must all be valid.
+  inline) is parsed by the flags of the module it names, from an empty current directory:
+  flag names, values, config files, ``:args`` and ``--config.FIELD`` overrides must all be
+  valid.
 * The quickstart's demo command runs as a subprocess (``configs/demo.py:tiny``, a relative
   workdir) with PyTorch made unimportable: the demo needs no torch.
 * The NYUv2 walkthrough runs command by command as subprocesses, on fake files written here
